@@ -1,0 +1,134 @@
+"""The checkpoint: one plain dict, saved atomically, loaded without running any code.
+
+Keys (FORMAT_VERSION 1)::
+
+    format           "charrnn-checkpoint"
+    version          1
+    charrnn_version  the charrnn that wrote it
+    model_config     ModelConfig as a dict (model, vocab_size, hidden_size, num_layers, dropout)
+    train_config     TrainConfig as a dict
+    vocab            list of the characters, id order
+    model_state      state_dict on CPU: rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, ...
+                     (torch's own nn.LSTM / nn.RNN / nn.GRU names and gate order), head.weight,
+                     head.bias
+    optimizer_state  Adam's state_dict
+    step             optimizer steps taken so far
+    epoch            epochs completed
+    cursor           {"epoch": int, "window": int}: the next window to train on
+    hidden           the carried hidden state, list of CPU tensors (h or h, c), or None
+    rng              {"torch": ByteTensor, "cuda": [ByteTensor, ...]}
+    plan_steps       the step count the learning-rate schedule decays over
+    best_val_loss    the lowest validation loss so far (nats/char), or None
+    history          list of metric dicts, one per evaluation
+    corpus           {"name": str, "num_chars": int, "first_char": str}
+
+Only tensors and Python primitives appear, so ``torch.load(path, weights_only=True)``
+reads it on any machine, and a hostile pickle is refused instead of run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import tempfile
+import zipfile
+from typing import Any
+
+import torch
+
+from . import __version__
+from .config import ModelConfig
+from .errors import CheckpointError
+from .model import CharRNN
+from .vocab import Vocab
+
+FORMAT_NAME = "charrnn-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: str) -> None:
+    """Write `ckpt` to `path` atomically: a crash or a full disk part-way leaves the previous
+    file at `path` whole, because the new bytes go to a temporary file in the same folder
+    and only a finished, flushed file is renamed over it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: str) -> None:
+    # The rename itself is durable only once the directory entry is on disk.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """Load and check a checkpoint, on CPU, refusing anything but plain data."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path!r} not found: train one with `charrnn train`")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} is a directory: pass the .pt file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint {path!r} is empty (0 bytes): it was not written fully")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).splitlines()[0] if str(e) else "unsupported content"
+        raise CheckpointError(
+            f"checkpoint {path!r} was refused: it holds objects other than plain data, which "
+            f"could run code when loaded ({reason[:120]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {path!r} cannot be read (truncated or not a checkpoint: "
+            f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path!r} is not a charrnn checkpoint")
+    version = ckpt.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path!r} has format version {version}, newer than this charrnn "
+            f"({__version__}) reads (<= {FORMAT_VERSION}): upgrade charrnn"
+        )
+    missing = [k for k in ("model_config", "vocab", "model_state") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path!r} lacks {', '.join(missing)}: it is damaged")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[CharRNN, Vocab]:
+    """Rebuild the model (in eval mode, on CPU) and its vocabulary."""
+    try:
+        config = ModelConfig.from_dict(ckpt["model_config"])
+        vocab = Vocab.from_list(ckpt["vocab"])
+        model = CharRNN(config)
+        model.load_state_dict(ckpt["model_state"])
+    except (TypeError, KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"checkpoint does not describe a usable model: {str(e).splitlines()[0][:160]}"
+        ) from None
+    if len(vocab) != config.vocab_size:
+        raise CheckpointError(
+            f"checkpoint's vocabulary has {len(vocab)} characters but its model expects "
+            f"{config.vocab_size}: it is damaged"
+        )
+    model.eval()
+    return model, vocab

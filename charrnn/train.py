@@ -1,0 +1,551 @@
+"""The training loop: truncated BPTT over parallel streams, Adam, clipping, checkpoints.
+
+Nothing here prints or knows about terminals: progress leaves through `on_event`, a
+callback that receives the small event objects below (minGPT's trainer callbacks), so
+the CLI can draw a progress bar and tests can run `train()` silently.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .batches import Streams, make_streams, min_train_chars
+from .checkpoint import FORMAT_NAME, FORMAT_VERSION, save_checkpoint
+from .config import DEFAULT_EPOCHS, ModelConfig, TrainConfig
+from .corpus import Corpus
+from .device import autocast, configure_backends, resolve_device, resolve_precision
+from .errors import TrainingError
+from .model import CharRNN, Hidden, detach_hidden, hidden_from_list, hidden_to_list
+from .rundir import RunDir
+
+LN2 = math.log(2.0)
+
+# A time-limited run measures this many steps, then plans its learning-rate decay to end
+# when the time does.
+CALIBRATION_STEPS = 20
+# Consecutive non-finite steps tolerated (each skipped) before the run is stopped.
+MAX_BAD_STEPS = 5
+# Validation streams are at least this long, so starting each from a zero state costs a
+# negligible amount of context (<0.001 nats/char on Tiny Shakespeare's 111k characters).
+MIN_VAL_STREAM = 16384
+
+
+# ---------------------------------------------------------------------------- events
+
+
+@dataclass
+class RunStarted:
+    step: int  # 0, or the step resumed from
+    resumed: bool
+    num_params: int
+    device: str
+    precision: str
+    steps_per_epoch: int
+    limit_steps: int | None  # from --max-steps / --epochs (or the default epochs)
+    time_limit: float | None
+    train_chars: int
+    val_chars: int
+    vocab_size: int
+
+
+@dataclass
+class StepDone:
+    step: int
+    epoch: float  # fractional: epochs completed plus the part of this one
+    loss: float  # nats/char of this window
+    grad_norm: float  # global L2 norm before clipping
+    lr: float
+    chars_per_sec: float
+    elapsed: float  # seconds of this invocation
+    eta: float | None  # seconds to the end, when it can be known
+    plan_steps: int | None
+
+
+@dataclass
+class Evaluated:
+    step: int
+    epoch: float
+    val_loss: float  # nats/char
+    val_bpc: float  # bits/char
+    is_best: bool
+    elapsed: float
+
+
+@dataclass
+class Notice:
+    message: str
+
+
+@dataclass
+class TrainResult:
+    step: int
+    epoch: float
+    best_val_loss: float | None
+    last_val_loss: float | None
+    stop_reason: str  # "max_steps" | "epochs" | "time_limit" | "plan" | "interrupted"
+    elapsed: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class StopRequest:
+    """Set from a signal handler; the loop checks it between steps and stops cleanly."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def set(self, reason: str = "interrupted") -> None:
+        self.reason = reason
+
+    def __bool__(self) -> bool:
+        return self.reason is not None
+
+
+# ------------------------------------------------------------------------ schedule
+
+
+def learning_rate(step: int, config: TrainConfig, plan_steps: int | None) -> float:
+    """Linear warm-up, then cosine decay to lr * lr_min_ratio at `plan_steps`.
+
+    It depends only on the step and the run's planned length, so a resumed run follows
+    exactly the curve of one that was never stopped.
+    """
+    peak = config.lr
+    if step < config.warmup_steps:
+        return peak * (step + 1) / config.warmup_steps
+    if plan_steps is None:
+        return peak
+    span = max(1, plan_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    floor = peak * config.lr_min_ratio
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def limit_steps(config: TrainConfig, steps_per_epoch: int) -> int | None:
+    """The step count --max-steps and --epochs allow (None: only a time limit is set)."""
+    limits = []
+    if config.max_steps is not None:
+        limits.append(config.max_steps)
+    epochs = config.epochs
+    if epochs is None and config.max_steps is None and config.time_limit is None:
+        epochs = DEFAULT_EPOCHS
+    if epochs is not None:
+        limits.append(max(1, math.ceil(epochs * steps_per_epoch)))
+    return min(limits) if limits else None
+
+
+# ---------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: CharRNN,
+    ids: torch.Tensor,
+    device: torch.device,
+    num_streams: int = 1,
+    chunk_len: int = 1024,
+    stop: StopRequest | None = None,
+) -> float | None:
+    """Mean cross-entropy (nats/char) of predicting ids[1:] from what precedes each.
+
+    The text is cut into `num_streams` contiguous streams (1 = exactly "every character
+    from all those before it"); each starts from a zero state, which is carried through
+    its stream. Returns None if `stop` is set part-way.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        n = len(ids) - 1
+        stream_len = n // num_streams
+        used = stream_len * num_streams
+        x_all = ids[:used].view(num_streams, stream_len).to(device)  # (S, L)
+        y_all = ids[1 : used + 1].view(num_streams, stream_len).to(device)  # (S, L)
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        hidden: Hidden | None = None
+        for start in range(0, stream_len, chunk_len):
+            if stop:
+                return None
+            x = x_all[:, start : start + chunk_len].long()
+            y = y_all[:, start : start + chunk_len].long()
+            logits, hidden = model(x, hidden)
+            total += F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
+            ).double()
+        if used < n:  # the tail that did not divide evenly: one more short stream
+            x = ids[used:n].view(1, -1).to(device).long()
+            y = ids[used + 1 : n + 1].view(1, -1).to(device).long()
+            logits, _ = model(x)
+            total += F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
+            ).double()
+        return total.item() / n
+    finally:
+        model.train(was_training)
+
+
+def val_streams(num_chars: int) -> int:
+    return max(1, min(64, num_chars // MIN_VAL_STREAM))
+
+
+# -------------------------------------------------------------------------- the run
+
+
+class _Run:
+    """The state of one training invocation; `train()` below is its public face."""
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        config: TrainConfig,
+        corpus: Corpus,
+        run_dir: RunDir,
+        on_event: Callable[[Any], None],
+        resume: dict[str, Any] | None,
+        stop: StopRequest,
+    ):
+        self.config = config
+        self.corpus = corpus
+        self.run_dir = run_dir
+        self.emit = on_event
+        self.stop = stop
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        configure_backends(self.device)
+
+        # Initialise on the CPU from the seed, so the same seed gives the same initial
+        # weights whichever device trains them.
+        torch.manual_seed(config.random_seed)
+        self.model = CharRNN(model_config)
+        if resume is not None:
+            self.model.load_state_dict(resume["model_state"])
+        self.model.to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, **_fused(self.device))
+
+        self.streams: Streams = make_streams(
+            corpus.train.to(self.device), config.batch_size, config.seq_len
+        )
+        self.steps_per_epoch = self.streams.windows_per_epoch
+        self.limit = limit_steps(config, self.steps_per_epoch)
+        self.history: list[dict[str, Any]] = []
+        self.best_val: float | None = None
+        self.last_val: float | None = None
+        self.step = 0
+        self.epoch = 0
+        self.window = 0
+        self.hidden: Hidden | None = None
+        self.plan: int | None = self.limit if config.time_limit is None else None
+        if resume is not None:
+            self._restore(resume)
+
+    # -- checkpoint state
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        self.step = int(ckpt["step"])
+        self.epoch = int(ckpt["cursor"]["epoch"])
+        self.window = int(ckpt["cursor"]["window"])
+        self.hidden = hidden_from_list(ckpt.get("hidden"), self.device)
+        self.history = list(ckpt.get("history") or [])
+        self.best_val = ckpt.get("best_val_loss")
+        if self.history:
+            self.last_val = self.history[-1].get("val_loss")
+        old = ckpt.get("train_config", {})
+        same_limits = all(
+            old.get(k) == getattr(self.config, k) for k in ("max_steps", "epochs", "time_limit")
+        )
+        if same_limits and ckpt.get("plan_steps") is not None:
+            self.plan = int(ckpt["plan_steps"])  # continue the very same schedule
+        rng = ckpt.get("rng") or {}
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if self.device.type == "cuda" and rng.get("cuda"):
+            torch.cuda.set_rng_state(rng["cuda"][0], self.device)
+
+    def state(self) -> dict[str, Any]:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = [torch.cuda.get_rng_state(self.device)]
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "charrnn_version": __version__,
+            "model_config": self.model.config.to_dict(),
+            "train_config": self.config.to_dict(),
+            "vocab": self.corpus.vocab.to_list(),
+            "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer_state": _to_cpu(self.optimizer.state_dict()),
+            "step": self.step,
+            "epoch": self.epoch,
+            "cursor": {"epoch": self.epoch, "window": self.window},
+            "hidden": hidden_to_list(self.hidden),
+            "rng": rng,
+            "plan_steps": self.plan,
+            "best_val_loss": self.best_val,
+            "history": list(self.history),
+            "corpus": {
+                "name": self.corpus.name,
+                "num_chars": self.corpus.num_chars,
+                "first_char": self.corpus.vocab.chars[int(self.corpus.train[0])],
+            },
+        }
+
+    def save(self, also_best: bool) -> None:
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            # Never replace a good checkpoint with a broken model.
+            raise TrainingError(
+                f"the weights became non-finite by step {self.step}; nothing was saved over "
+                f"{self.run_dir.last}: lower --lr (now {self.config.lr:g}) or --grad-clip"
+            )
+        state = self.state()
+        if also_best:
+            save_checkpoint(state, self.run_dir.best)
+        save_checkpoint(state, self.run_dir.last)
+
+    # -- pieces of the loop
+
+    def progress_epoch(self) -> float:
+        return self.epoch + self.window / self.steps_per_epoch
+
+    def validate(self, elapsed: float) -> float | None:
+        val = evaluate(
+            self.model,
+            self.corpus.val,
+            self.device,
+            num_streams=val_streams(len(self.corpus.val)),
+            stop=self.stop,
+        )
+        if val is None:  # interrupted mid-way: the caller saves and stops
+            return None
+        is_best = self.best_val is None or val < self.best_val
+        if is_best:
+            self.best_val = val
+        self.last_val = val
+        record = {
+            "step": self.step,
+            "epoch": round(self.progress_epoch(), 4),
+            "val_loss": val,
+            "val_bpc": val / LN2,
+            "lr": learning_rate(max(0, self.step - 1), self.config, self.plan),
+            "elapsed": round(elapsed, 3),
+            "time": time.time(),
+        }
+        self.history.append(record)
+        self.save(also_best=is_best)
+        self.run_dir.append_metrics(record)
+        self.emit(Evaluated(self.step, self.progress_epoch(), val, val / LN2, is_best, elapsed))
+        return val
+
+    def plan_from_time(self, elapsed: float, step_time: float, eval_time: float) -> None:
+        """Fix the schedule's length so the decay ends when the time limit does."""
+        remaining = self.config.time_limit - elapsed - eval_time  # keep time for a final eval
+        per_step = step_time + eval_time / self.config.eval_every
+        steps = max(1, int(0.97 * remaining / per_step))
+        self.plan = self.step + steps if self.limit is None else min(self.limit, self.step + steps)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, bool]:
+        lr = learning_rate(self.step, self.config, self.plan)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(self.device, self.precision):
+            logits, hidden = self.model(x, self.hidden)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # Rescale all gradients together by clip/norm when their global L2 norm exceeds clip:
+        # the direction is kept, only an exploding step is shortened.
+        clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        loss_value = loss.item()
+        ok = math.isfinite(loss_value) and math.isfinite(norm)
+        if ok:
+            self.optimizer.step()
+            # Keep the state for the next window but cut the graph here: that is the
+            # "truncated" in truncated BPTT.
+            self.hidden = detach_hidden(hidden)
+        else:
+            self.hidden = None  # a non-finite state would poison every later window
+        return loss_value, norm, ok
+
+    def run(self) -> TrainResult:
+        cfg = self.config
+        self.emit(
+            RunStarted(
+                step=self.step,
+                resumed=self.step > 0 or bool(self.history),
+                num_params=self.model.num_params(),
+                device=str(self.device),
+                precision=self.precision,
+                steps_per_epoch=self.steps_per_epoch,
+                limit_steps=self.limit,
+                time_limit=cfg.time_limit,
+                train_chars=len(self.corpus.train),
+                val_chars=len(self.corpus.val),
+                vocab_size=len(self.corpus.vocab),
+            )
+        )
+        chars_per_step = cfg.batch_size * cfg.seq_len
+        start = time.perf_counter()
+        start_step = self.step
+        calibrate_at = start_step + CALIBRATION_STEPS
+        timing_from: tuple[int, float] | None = None
+        rate_mark = (self.step, start)
+        chars_per_sec = 0.0
+        eval_time = 0.0
+        bad_steps = 0
+        evaluated_at = -1
+        self.model.train()
+        stop_reason = "max_steps"
+        while True:
+            now = time.perf_counter()
+            elapsed = now - start
+            if self.stop:
+                break
+            if self.limit is not None and self.step >= self.limit:
+                stop_reason = "max_steps" if cfg.max_steps == self.limit else "epochs"
+                break
+            if self.plan is not None and cfg.time_limit is not None and self.step >= self.plan:
+                stop_reason = "time_limit"
+                break
+            if cfg.time_limit is not None and elapsed + eval_time >= cfg.time_limit:
+                stop_reason = "time_limit"
+                break
+
+            if self.window >= self.steps_per_epoch:
+                self.epoch += 1
+                self.window = 0
+                self.hidden = None  # each epoch starts the streams from a zero state
+            x, y = self.streams.window(self.window)
+            loss, norm, ok = self.train_step(x, y)
+            self.step += 1
+            self.window += 1
+            if ok:
+                bad_steps = 0
+            else:
+                bad_steps += 1
+                self.emit(
+                    Notice(
+                        f"step {self.step}: non-finite loss or gradient ({loss:.4g}, norm "
+                        f"{norm:.4g}); step skipped"
+                    )
+                )
+                if bad_steps >= MAX_BAD_STEPS:
+                    raise TrainingError(
+                        f"{bad_steps} steps in a row had a non-finite loss or gradient (by step "
+                        f"{self.step}); stopped without saving: lower --lr (now {cfg.lr:g})"
+                    )
+
+            now = time.perf_counter()
+            if self.step - start_step == 3:
+                timing_from = (self.step, now)  # skip the first steps' one-off costs
+            if now - rate_mark[1] >= 1.0:
+                chars_per_sec = (self.step - rate_mark[0]) * chars_per_step / (now - rate_mark[1])
+                rate_mark = (self.step, now)
+            elif chars_per_sec == 0.0 and now > start:
+                chars_per_sec = (self.step - start_step) * chars_per_step / (now - start)
+
+            if cfg.time_limit is not None and self.plan is None and self.step >= calibrate_at:
+                step_time = (now - timing_from[1]) / max(1, self.step - timing_from[0])
+                t0 = time.perf_counter()
+                if self.validate(now - start) is None:
+                    continue
+                evaluated_at = self.step
+                eval_time = time.perf_counter() - t0
+                self.plan_from_time(time.perf_counter() - start, step_time, eval_time)
+            elif self.step % cfg.eval_every == 0:
+                t0 = time.perf_counter()
+                if self.validate(now - start) is None:
+                    continue
+                evaluated_at = self.step
+                eval_time = time.perf_counter() - t0
+
+            self.emit(
+                StepDone(
+                    step=self.step,
+                    epoch=self.progress_epoch(),
+                    loss=loss,
+                    grad_norm=norm,
+                    lr=learning_rate(self.step - 1, cfg, self.plan),
+                    chars_per_sec=chars_per_sec,
+                    elapsed=time.perf_counter() - start,
+                    eta=self._eta(time.perf_counter() - start, chars_per_sec / chars_per_step),
+                    plan_steps=self.plan,
+                )
+            )
+
+        elapsed = time.perf_counter() - start
+        if not self.stop and evaluated_at != self.step and self.validate(elapsed) is None:
+            pass  # interrupted during the final evaluation: saved just below
+        if self.stop:
+            stop_reason = self.stop.reason or "interrupted"
+            self.save(also_best=False)  # no evaluation: stop as fast as asked
+        return TrainResult(
+            step=self.step,
+            epoch=self.progress_epoch(),
+            best_val_loss=self.best_val,
+            last_val_loss=self.last_val,
+            stop_reason=stop_reason,
+            elapsed=time.perf_counter() - start,
+            history=self.history,
+        )
+
+    def _eta(self, elapsed: float, steps_per_sec: float) -> float | None:
+        ends = []
+        target = self.plan if self.plan is not None else self.limit
+        if target is not None and steps_per_sec > 0:
+            ends.append(max(0, target - self.step) / steps_per_sec)
+        if self.config.time_limit is not None:
+            ends.append(max(0.0, self.config.time_limit - elapsed))
+        return min(ends) if ends else None
+
+
+def _fused(device: torch.device) -> dict[str, Any]:
+    # The fused Adam kernel does the update in one launch per step on CUDA.
+    return {"fused": True} if device.type == "cuda" else {}
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def train(
+    model_config: ModelConfig,
+    config: TrainConfig,
+    corpus: Corpus,
+    run_dir: RunDir,
+    on_event: Callable[[Any], None] | None = None,
+    resume: dict[str, Any] | None = None,
+    stop: StopRequest | None = None,
+) -> TrainResult:
+    """Train (or, with `resume`, continue) a char-RNN on `corpus`, saving into `run_dir`.
+
+    `model_config.vocab_size` must match the corpus. The caller has prepared and locked
+    `run_dir`. Returns when a limit is reached or `stop` is set; raises TrainingError if
+    the loss stays non-finite.
+    """
+    needed = min_train_chars(config.batch_size, config.seq_len)
+    if len(corpus.train) < needed:
+        raise ValueError(f"the training text needs at least {needed} characters")
+    run = _Run(
+        model_config,
+        config,
+        corpus,
+        run_dir,
+        on_event or (lambda event: None),
+        resume,
+        stop or StopRequest(),
+    )
+    return run.run()
