@@ -50,7 +50,7 @@ class CharRNN(nn.Module):
         self, idx: torch.Tensor, hidden: Hidden | None = None
     ) -> tuple[torch.Tensor, Hidden]:
         """idx (B, T) int64 -> logits (B, T, V) and the hidden state after the last step."""
-        x = F.one_hot(idx, self.config.vocab_size).float()  # (B, T, V)
+        x = F.one_hot(idx, self.config.vocab_size).to(self.head.weight.dtype)  # (B, T, V)
         out, hidden = self.rnn(x, hidden)  # (B, T, H)
         logits = self.head(self.drop(out))  # (B, T, V)
         return logits, hidden

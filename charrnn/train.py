@@ -141,6 +141,14 @@ def limit_steps(config: TrainConfig, steps_per_epoch: int) -> int | None:
     return min(limits) if limits else None
 
 
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
+    """Scale all gradients together by max_norm / norm when their global L2 norm exceeds
+    max_norm (0 = never): the update keeps its direction, only an exploding step is
+    shortened. Returns the norm before clipping."""
+    clip = max_norm if max_norm > 0 else math.inf
+    return float(torch.nn.utils.clip_grad_norm_(params, clip))
+
+
 # ---------------------------------------------------------------------- evaluation
 
 
@@ -359,10 +367,7 @@ class _Run:
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        # Rescale all gradients together by clip/norm when their global L2 norm exceeds clip:
-        # the direction is kept, only an exploding step is shortened.
-        clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        norm = clip_gradients(self.params, self.config.grad_clip)
         loss_value = loss.item()
         ok = math.isfinite(loss_value) and math.isfinite(norm)
         if ok:
@@ -546,6 +551,6 @@ def train(
         run_dir,
         on_event or (lambda event: None),
         resume,
-        stop or StopRequest(),
+        stop if stop is not None else StopRequest(),
     )
     return run.run()

@@ -1,0 +1,80 @@
+"""Tiny corpora, configs and a trained checkpoint shared by the tests (CPU, seconds)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.corpus import Text, build_corpus
+from charrnn.rundir import RunDir
+from charrnn.train import train
+
+torch.set_num_threads(1)  # small ops: threads only add overhead and noise
+
+PATTERN = "hello world! "
+SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "corpora", "tinyshakespeare.txt")
+
+
+def shakespeare_head(num_chars: int = 20000) -> str:
+    with open(SHAKESPEARE, encoding="utf-8") as f:
+        return f.read(num_chars)
+
+
+def tiny_configs(**overrides) -> tuple[ModelConfig, TrainConfig]:
+    model = {"model": "lstm", "hidden_size": 32, "num_layers": 2, "dropout": 0.0}
+    run = {
+        "batch_size": 4,
+        "seq_len": 16,
+        "lr": 1e-2,
+        "warmup_steps": 5,
+        "max_steps": 20,
+        "eval_every": 10,
+        "precision": "fp32",
+        "device": "cpu",
+    }
+    for k, v in overrides.items():
+        (model if k in model else run)[k] = v
+    return ModelConfig(**model), TrainConfig(**run)
+
+
+def tiny_run(text: str, out: str, resume=None, stop=None, on_event=None, **overrides):
+    """Train through the library exactly as the CLI does; returns (result, corpus)."""
+    model_config, config = tiny_configs(**overrides)
+    vocab = None
+    if resume is not None:
+        from charrnn.vocab import Vocab
+
+        vocab = Vocab.from_list(resume["vocab"])
+    corpus = build_corpus(
+        Text(text, "<test>"), config.val_fraction, config.batch_size * config.seq_len + 1, vocab
+    )
+    model_config = ModelConfig(**{**model_config.to_dict(), "vocab_size": len(corpus.vocab)})
+    run_dir = RunDir(out)
+    run_dir.prepare(resume=resume is not None, force=True)
+    result = train(model_config, config, corpus, run_dir, on_event, resume, stop)
+    return result, corpus
+
+
+def run_cli(*args: str, input: str | None = None, timeout: float = 120, cwd=None):
+    """Run `python -m charrnn ARGS` as a user would, in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "charrnn", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> str:
+    """A small LSTM trained for a few steps on a slice of Shakespeare; returns its folder."""
+    out = str(tmp_path_factory.mktemp("trained"))
+    tiny_run(shakespeare_head(), out, max_steps=30, eval_every=15)
+    return out
