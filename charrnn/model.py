@@ -43,7 +43,8 @@ class CharRNN(nn.Module):
             batch_first=True,
             **kwargs,
         )
-        self.drop = nn.Dropout(config.dropout)
+        # nn.Dropout(0) would still draw a mask in training mode: skip it outright.
+        self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
 
     def forward(

@@ -250,6 +250,7 @@ class _Run:
         self.window = 0
         self.hidden: Hidden | None = None
         self.plan: int | None = self.limit if config.time_limit is None else None
+        self.clock_plan = False  # True once this invocation planned from measured speed
         if resume is not None:
             self._restore(resume)
 
@@ -456,20 +457,21 @@ class _Run:
             elif chars_per_sec == 0.0 and now > start:
                 chars_per_sec = (self.step - start_step) * chars_per_step / (now - start)
 
-            if cfg.time_limit is not None and self.plan is None and self.step >= calibrate_at:
-                step_time = (now - timing_from[1]) / max(1, self.step - timing_from[0])
+            calibrating = self.plan is None and self.step >= calibrate_at
+            if self.step % cfg.eval_every == 0 or (cfg.time_limit is not None and calibrating):
+                mark_step, mark_time = timing_from or (start_step, start)
+                step_time = (now - mark_time) / max(1, self.step - mark_step)
                 t0 = time.perf_counter()
                 if self.validate(now - start) is None:
                     continue
                 evaluated_at = self.step
                 eval_time = time.perf_counter() - t0
-                self.plan_from_time(time.perf_counter() - start, step_time, eval_time)
-            elif self.step % cfg.eval_every == 0:
-                t0 = time.perf_counter()
-                if self.validate(now - start) is None:
-                    continue
-                evaluated_at = self.step
-                eval_time = time.perf_counter() - t0
+                if cfg.time_limit is not None and (calibrating or self.clock_plan):
+                    # Re-planned at every evaluation, so the decay still ends with the time
+                    # limit when the machine gets slower or faster part-way.
+                    self.plan_from_time(time.perf_counter() - start, step_time, eval_time)
+                    self.clock_plan = True
+                timing_from = (self.step, time.perf_counter())
 
             self.emit(
                 StepDone(

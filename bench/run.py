@@ -1,0 +1,300 @@
+"""charrnn's benchmarks, side by side with plain-PyTorch baselines in the same run.
+
+    python bench/run.py            # the full table (under ten minutes on 2 CPU cores)
+    python bench/run.py --quick    # a one-minute look
+    python bench/run.py --quality  # also: validation loss after `--time-limit 5m` (5 more min)
+
+Every figure is a median over interleaved blocks (baseline, ours, baseline, ours, ...),
+so a noisy neighbour slows both sides alike; ratios are ours / baseline.
+The baselines are written plainly below, the way a tutorial would write them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from charrnn.config import ModelConfig, SampleConfig, TrainConfig  # noqa: E402
+from charrnn.corpus import build_corpus, read_text  # noqa: E402
+from charrnn.device import resolve_precision  # noqa: E402
+from charrnn.model import CharRNN  # noqa: E402
+from charrnn.rundir import RunDir  # noqa: E402
+from charrnn.sample import generate  # noqa: E402
+from charrnn.train import StepDone, train  # noqa: E402
+
+CORPUS = os.path.join(ROOT, "corpora", "tinyshakespeare.txt")
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+# ------------------------------------------------------------------- baselines
+
+
+def baseline_train_block(kind, hidden, layers, ids, vocab_size, batch, seq_len, steps):
+    """A bare loop: one-hot -> nn.LSTM/GRU/RNN -> Linear -> cross-entropy, Adam, clipping,
+    hidden carried and detached between windows. Returns chars/s over `steps` timed steps."""
+    torch.manual_seed(0)
+    rnn = CELLS[kind](vocab_size, hidden, layers, batch_first=True)
+    head = nn.Linear(hidden, vocab_size)
+    params = list(rnn.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, lr=2e-3)
+    n = (len(ids) - 1) // batch
+    x_all = ids[: n * batch].view(batch, n).long()
+    y_all = ids[1 : n * batch + 1].view(batch, n).long()
+    hidden_state = None
+    t0 = None
+    warm = 3
+    for step in range(steps + warm):
+        if step == warm:
+            t0 = time.perf_counter()
+        s = step * seq_len
+        x, y = x_all[:, s : s + seq_len], y_all[:, s : s + seq_len]
+        out, hidden_state = rnn(F.one_hot(x, vocab_size).float(), hidden_state)
+        loss = F.cross_entropy(head(out).reshape(-1, vocab_size), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if isinstance(hidden_state, tuple):
+            hidden_state = tuple(h.detach() for h in hidden_state)
+        else:
+            hidden_state = hidden_state.detach()
+    return steps * batch * seq_len / (time.perf_counter() - t0)
+
+
+def naive_sample(rnn, head, vocab_size, length, seed=0):
+    """One nn.LSTM call per character, default settings: the tutorial sampler."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.zeros(1, 1, dtype=torch.long)
+    h = None
+    out = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(length):
+            o, h = rnn(F.one_hot(x, vocab_size).float(), h)
+            p = F.softmax(head(o[:, -1]) / 0.8, dim=-1)
+            x = torch.multinomial(p, 1, generator=gen)
+            out.append(x.item())
+    return length / (time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------ ours
+
+
+def ours_train_block(corpus, kind, hidden, layers, batch, seq_len, steps, precision, out):
+    """charrnn's own train() on the same data; chars/s between the StepDone events of the
+    timed steps (data path, autocast, clipping, logging callback all included)."""
+    model_config = ModelConfig(
+        model=kind, vocab_size=len(corpus.vocab), hidden_size=hidden, num_layers=layers
+    )
+    warm = 3
+    config = TrainConfig(
+        batch_size=batch,
+        seq_len=seq_len,
+        max_steps=steps + warm,
+        eval_every=10**9,
+        precision=precision,
+        device="cpu",
+    )
+    marks = {}
+
+    def on_event(event):
+        if isinstance(event, StepDone) and event.step in (warm, steps + warm):
+            marks[event.step] = time.perf_counter()
+
+    run_dir = RunDir(out)
+    run_dir.prepare(resume=False, force=True)
+    train(model_config, config, corpus, run_dir, on_event)
+    return steps * batch * seq_len / (marks[steps + warm] - marks[warm])
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def median_pair(fn_base, fn_ours, rounds):
+    base, ours = [], []
+    for _ in range(rounds):
+        base.append(fn_base())
+        ours.append(fn_ours())
+    return statistics.median(base), statistics.median(ours)
+
+
+def row(table, what, base, ours, unit):
+    ratio = ours / base if base else float("nan")
+    table.append((what, f"{base:,.0f} {unit}", f"{ours:,.0f} {unit}", f"{ratio:.2f}x"))
+    print(f"  {what}: baseline {base:,.0f}, ours {ours:,.0f} {unit} ({ratio:.2f}x)", flush=True)
+
+
+def peak_rss_mb_of(code: str) -> tuple[float, float]:
+    """Run `code` in a fresh interpreter; returns (its wall seconds, its own peak RSS in MB)."""
+    code += "\nimport resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    wall = time.perf_counter() - t0
+    return wall, int(out.split()[-1]) / 1024
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# ------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a one-minute look")
+    parser.add_argument("--quality", action="store_true", help="add the 5-minute quality run")
+    args = parser.parse_args()
+    quick = args.quick
+
+    torch.manual_seed(0)
+    corpus = build_corpus(read_text(CORPUS), 0.1, 1)
+    ids, vocab_size = corpus.train, len(corpus.vocab)
+    precision = resolve_precision("auto", torch.device("cpu"))
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"charrnn's default precision here: {precision}",
+        flush=True,
+    )
+    table = []
+    tmp = tempfile.mkdtemp(prefix="charrnn-bench-")
+
+    # -- training throughput, equal shapes: batch 32, window 64
+    shapes = (
+        [("lstm", 128), ("lstm", 256)]
+        if quick
+        else [(kind, hidden) for kind in ("lstm", "gru", "rnn") for hidden in (128, 256, 512)]
+    )
+    print("training throughput (2 layers, batch 32, window 64, chars/s):", flush=True)
+    for kind, hidden in shapes:
+        steps = max(4, int(60_000 / hidden)) if not quick else 10
+        if kind == "rnn":
+            steps *= 3
+        rounds = 2 if quick else 3
+        out = os.path.join(tmp, f"{kind}{hidden}")
+
+        def base(kind=kind, hidden=hidden, steps=steps):
+            return baseline_train_block(kind, hidden, 2, ids, vocab_size, 32, 64, steps)
+
+        for prec in ["fp32", precision] if precision != "fp32" else ["fp32"]:
+
+            def ours(kind=kind, hidden=hidden, steps=steps, prec=prec, out=out):
+                return ours_train_block(corpus, kind, hidden, 2, 32, 64, steps, prec, out)
+
+            b, o = median_pair(base, ours, rounds)
+            row(table, f"train {kind} 2x{hidden}, ours {prec}", b, o, "chars/s")
+
+    # -- sampling throughput
+    print("sampling throughput (chars/s):", flush=True)
+    length = 1000 if quick else 3000
+    for hidden in (128, 256):
+        torch.manual_seed(0)
+        model = CharRNN(ModelConfig("lstm", vocab_size, hidden, 2)).eval()
+        for streams in (1,) if quick else (1, 8):
+
+            def base(model=model, streams=streams):
+                # the naive loop draws one stream; run it `streams` times
+                return naive_sample(model.rnn, model.head, vocab_size, length // 2)
+
+            def ours(model=model, streams=streams):
+                cfg = SampleConfig(length=length, num_samples=streams, random_seed=0)
+                t0 = time.perf_counter()
+                for _ in generate(model, corpus.vocab, "T", cfg):
+                    pass
+                return streams * length / (time.perf_counter() - t0)
+
+            b, o = median_pair(base, ours, 3)
+            what = f"sample lstm 2x{hidden}, {streams} stream(s) (baseline: 1)"
+            row(table, what, b, o, "chars/s")
+
+    # -- data scale: read, check and encode a big corpus
+    mb = 20 if quick else 200
+    big = os.path.join(tmp, "big.txt")
+    with open(CORPUS, "rb") as f:
+        chunk = f.read()
+    with open(big, "wb") as f:
+        for _ in range(mb * 1_000_000 // len(chunk) + 1):
+            f.write(chunk)
+    size_mb = os.path.getsize(big) / 1e6
+    code = (
+        "from charrnn.corpus import read_text, build_corpus;"
+        f"c = build_corpus(read_text({big!r}), 0.1, 2049)"
+    )
+    wall, peak = peak_rss_mb_of(code)
+    baseline_wall, baseline_peak = peak_rss_mb_of("import torch, numpy")
+    print(
+        f"  read+check+encode {size_mb:.0f} MB: {wall:.1f} s wall incl. interpreter start "
+        f"(bare `import torch`: {baseline_wall:.1f} s), peak RSS {peak:.0f} MB "
+        f"({peak / size_mb:.1f}x the file; bare `import torch`: {baseline_peak:.0f} MB)",
+        flush=True,
+    )
+    table.append(
+        (
+            f"read+encode {size_mb:.0f} MB corpus",
+            f"{baseline_wall:.1f} s, {baseline_peak:.0f} MB (import torch only)",
+            f"{wall:.1f} s, {peak:.0f} MB peak",
+            f"{peak / size_mb:.1f}x file",
+        )
+    )
+    os.unlink(big)
+
+    # -- training memory does not grow with steps (resident set, read in the callback)
+    rss = {}
+
+    def record(event):
+        if isinstance(event, StepDone) and event.step in (50, 400):
+            rss[event.step] = rss_mb()
+
+    run_dir = RunDir(os.path.join(tmp, "mem"))
+    run_dir.prepare(resume=False, force=True)
+    train(
+        ModelConfig("lstm", vocab_size, 128, 2),
+        TrainConfig(max_steps=400, eval_every=100, device="cpu"),
+        corpus,
+        run_dir,
+        record,
+    )
+    print(f"  training memory: RSS {rss[50]:.0f} MB at step 50, {rss[400]:.0f} MB at step 400")
+    table.append(
+        ("train memory (RSS), step 50 -> 400", "-", f"{rss[50]:.0f} -> {rss[400]:.0f} MB", "-")
+    )
+
+    if args.quality:
+        print("quality: charrnn train --time-limit 5m (defaults) ...", flush=True)
+        qdir = os.path.join(tmp, "quality")
+        subprocess.run(
+            [sys.executable, "-m", "charrnn", "train", CORPUS, "--time-limit", "5m", "--out", qdir,
+             "--quiet"],
+            check=True,
+        )  # fmt: skip
+        from charrnn.checkpoint import load_checkpoint
+
+        best = load_checkpoint(os.path.join(qdir, "best.pt"))["best_val_loss"]
+        table.append(("val loss after 5 min (defaults)", "1.548 (issue #4)", f"{best:.3f}", "-"))
+
+    print("\n| what | baseline | charrnn | ratio |\n|---|---|---|---|")
+    for r in table:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
