@@ -234,90 +234,59 @@ def _resume_configs(ckpt: dict[str, Any], given: dict[str, Any]) -> tuple[ModelC
     return model_config, dataclasses.replace(old, **changes)
 
 
+def _opt(cls: type, name: str, help: str, *flags: str) -> Any:
+    """An option whose default is the dataclass field's: each default is defined once."""
+    return typer.Option(_default(cls, name), *flags, help=help)
+
+
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     corpus: str = typer.Argument(..., help="UTF-8 text file to learn from, or - for stdin."),
     out: str = typer.Option("checkpoints", "--out", "-o", help="Folder for checkpoints."),
-    model: str = typer.Option(None, help="lstm, rnn (tanh) or gru.", show_default="lstm"),
-    hidden_size: int = typer.Option(
-        None, help="Units per layer.", show_default=str(_default(ModelConfig, "hidden_size"))
+    model: str = _opt(ModelConfig, "model", "lstm, rnn (tanh) or gru."),
+    hidden_size: int = _opt(ModelConfig, "hidden_size", "Units per layer."),
+    num_layers: int = _opt(ModelConfig, "num_layers", "Stacked layers."),
+    dropout: float = _opt(ModelConfig, "dropout", "Dropout between layers and before the output."),
+    batch_size: int = _opt(TrainConfig, "batch_size", "Parallel streams."),
+    seq_len: int = _opt(TrainConfig, "seq_len", "Characters per BPTT window."),
+    lr: float = _opt(TrainConfig, "lr", "Peak Adam learning rate."),
+    grad_clip: float = _opt(
+        TrainConfig, "grad_clip", "Clip the global gradient L2 norm to this (0: off)."
     ),
-    num_layers: int = typer.Option(
-        None, help="Stacked layers.", show_default=str(_default(ModelConfig, "num_layers"))
+    val_fraction: float = _opt(
+        TrainConfig, "val_fraction", "Fraction held out for validation (the end of the text)."
     ),
-    dropout: float = typer.Option(
-        None,
-        help="Dropout between layers and before the output.",
-        show_default=str(_default(ModelConfig, "dropout")),
-    ),
-    batch_size: int = typer.Option(
-        None,
-        help="Parallel streams.",
-        show_default=str(_default(TrainConfig, "batch_size")),
-    ),
-    seq_len: int = typer.Option(
-        None,
-        help="Characters per BPTT window.",
-        show_default=str(_default(TrainConfig, "seq_len")),
-    ),
-    lr: float = typer.Option(
-        None, help="Peak Adam learning rate.", show_default=str(_default(TrainConfig, "lr"))
-    ),
-    grad_clip: float = typer.Option(
-        None,
-        help="Clip the global gradient L2 norm to this (0: off).",
-        show_default=str(_default(TrainConfig, "grad_clip")),
-    ),
-    val_fraction: float = typer.Option(
-        None,
-        help="Fraction held out (the end of the text).",
-        show_default=str(_default(TrainConfig, "val_fraction")),
-    ),
-    precision: str = typer.Option(
-        None,
-        help="fp32, bf16 or auto (bf16 where the hardware makes it fast).",
-        show_default="auto",
+    precision: str = _opt(
+        TrainConfig, "precision", "fp32, bf16 or auto (bf16 where the hardware makes it fast)."
     ),
     max_steps: int = typer.Option(None, help="Stop after this many steps in all."),
     epochs: float = typer.Option(
-        None, help=f"Stop after this many epochs in all [default: {DEFAULT_EPOCHS:g} if no limit]."
+        None,
+        help=f"Stop after this many epochs in all ({DEFAULT_EPOCHS:g} when no limit is given).",
     ),
     time_limit: str = typer.Option(None, help="Stop after this long, e.g. 90s, 5m, 1h."),
-    eval_every: int = typer.Option(
-        None,
-        help="Steps between validations and last.pt saves.",
-        show_default=str(_default(TrainConfig, "eval_every")),
-    ),
-    device: str = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps.", show_default="auto"),
-    random_seed: int = typer.Option(
-        None,
-        help="Seed for initialisation and dropout.",
-        show_default=str(_default(TrainConfig, "random_seed")),
-    ),
+    eval_every: int = _opt(TrainConfig, "eval_every", "Steps between validations and saves."),
+    device: str = _opt(TrainConfig, "device", "auto, cpu, cuda, cuda:N or mps."),
+    random_seed: int = _opt(TrainConfig, "random_seed", "Seed for initialisation and dropout."),
     encoding: str = typer.Option("utf-8", help="Text encoding of the corpus."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     force: bool = typer.Option(False, "--force", help="Start over in an --out that has a run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Train a char-RNN on CORPUS, writing checkpoints to --out."""
-    given = {
-        "model": model,
-        "hidden_size": hidden_size,
-        "num_layers": num_layers,
-        "dropout": dropout,
-        "batch_size": batch_size,
-        "seq_len": seq_len,
-        "val_fraction": val_fraction,
-        "lr": lr,
-        "grad_clip": grad_clip,
-        "precision": precision,
-        "max_steps": max_steps,
-        "epochs": epochs,
-        "time_limit": None,
-        "eval_every": eval_every,
-        "device": device,
-        "random_seed": random_seed,
+    # Only what was typed counts: on --resume the rest comes from the checkpoint.
+    typed = {
+        name
+        for name in ctx.params
+        if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")
     }
+    given = {
+        name: (value if name in typed else None)
+        for name, value in ctx.params.items()
+        if name in _MODEL_OPTS + _TRAIN_OPTS + RESUMABLE_OPTIONS
+    }
+    given["time_limit"] = None
     try:
         _guarded(lambda: _train(corpus, out, given, time_limit, encoding, resume, force, quiet))
     except KeyboardInterrupt:  # a second Ctrl-C: no time to save
@@ -405,8 +374,7 @@ def sample_cmd(
         None,
         "--seed",
         "-s",
-        help="Text to start from (printed first) [default: the first character of the "
-        "training text].",
+        help="Text to start from, printed first (default: the training text's first character).",
     ),
     length: int = typer.Option(
         _default(SampleConfig, "length"), "--length", "-n", help="Characters after the seed."
@@ -425,7 +393,7 @@ def sample_cmd(
         _default(SampleConfig, "num_samples"), help="Independent samples, generated together."
     ),
     separator: str = typer.Option(
-        "\n\n", help="Printed between samples (escapes like \\n are understood)."
+        "\\n\\n", help="Printed between samples (escapes like \\n are understood)."
     ),
     random_seed: int = typer.Option(None, help="Seed for a repeatable sample."),
     device: str = typer.Option(
