@@ -32,7 +32,7 @@ import contextlib
 import os
 import pickle
 import tempfile
-import zipfile
+import warnings
 from typing import Any
 
 import torch
@@ -88,22 +88,29 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"checkpoint {path!r} is empty (0 bytes): it was not written fully")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about old pickle protocols; we judge
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).splitlines()[0] if str(e) else "unsupported content"
+        if "weights_only" not in str(e).lower():
+            raise CheckpointError(
+                f"checkpoint {path!r} cannot be read: it is truncated or not a checkpoint"
+            ) from None
         raise CheckpointError(
-            f"checkpoint {path!r} was refused: it holds objects other than plain data, which "
-            f"could run code when loaded ({reason[:120]})"
+            f"checkpoint {path!r} was refused: it holds objects other than plain data, "
+            "which could run code when loaded; only load checkpoints from people you trust"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # torch.load fails in many ways on bytes that are not its own
         raise CheckpointError(
-            f"checkpoint {path!r} cannot be read (truncated or not a checkpoint: "
-            f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+            f"checkpoint {path!r} cannot be read: it is truncated or not a checkpoint "
+            f"({type(e).__name__})"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path!r} is not a charrnn checkpoint")
     version = ckpt.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"checkpoint {path!r} has no valid format version: it is damaged")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path!r} has format version {version}, newer than this charrnn "
             f"({__version__}) reads (<= {FORMAT_VERSION}): upgrade charrnn"
@@ -114,7 +121,21 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[CharRNN, Vocab]:
+RESUME_KEYS = ("train_config", "optimizer_state", "step", "cursor", "rng")
+
+
+def check_resumable(ckpt: dict[str, Any], path: str) -> None:
+    """A checkpoint to resume from needs the training state, not just the weights."""
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"cannot resume from {path!r}: it lacks {', '.join(missing)}; start a new run "
+            "with --force"
+        )
+    model_from_checkpoint(ckpt, path)  # the weights must fit the model they claim to be
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str = "") -> tuple[CharRNN, Vocab]:
     """Rebuild the model (in eval mode, on CPU) and its vocabulary."""
     try:
         config = ModelConfig.from_dict(ckpt["model_config"])
@@ -122,13 +143,15 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[CharRNN, Vocab]:
         model = CharRNN(config)
         model.load_state_dict(ckpt["model_state"])
     except (TypeError, KeyError, ValueError, RuntimeError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [repr(e)]
+        detail = next((x for x in lines if "mismatch" in x or "key" in x.lower()), lines[0])
         raise CheckpointError(
-            f"checkpoint does not describe a usable model: {str(e).splitlines()[0][:160]}"
+            f"checkpoint {path!r} does not describe a usable model ({detail[:160]})"
         ) from None
     if len(vocab) != config.vocab_size:
         raise CheckpointError(
-            f"checkpoint's vocabulary has {len(vocab)} characters but its model expects "
-            f"{config.vocab_size}: it is damaged"
+            f"checkpoint {path!r} has {len(vocab)} characters in its vocabulary but its model "
+            f"expects {config.vocab_size}: it is damaged"
         )
     model.eval()
     return model, vocab

@@ -19,11 +19,12 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__
 from .batches import min_train_chars
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import check_resumable, load_checkpoint, model_from_checkpoint
 from .config import (
     DEFAULT_EPOCHS,
     RESUMABLE_OPTIONS,
@@ -63,7 +64,7 @@ def _default(cls: type, name: str) -> Any:
 
 
 def _fail(error: CharRNNError) -> NoReturn:
-    err.print(f"[bold red]error:[/] {error}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(str(error))}", markup=True, soft_wrap=True)
     raise typer.Exit(code=error.exit_code)
 
 
@@ -75,7 +76,7 @@ def _guarded(fn: Callable[[], Any]) -> Any:
 
 
 def _warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", markup=True, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(message)}", markup=True, soft_wrap=True)
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -289,8 +290,10 @@ def train_cmd(
     given["time_limit"] = None
     try:
         _guarded(lambda: _train(corpus, out, given, time_limit, encoding, resume, force, quiet))
-    except KeyboardInterrupt:  # a second Ctrl-C: no time to save
-        err.print(f"stopped at once; {out}/last.pt holds the last save")
+    except KeyboardInterrupt:  # a second Ctrl-C (or one before training began)
+        last = RunDir(out).last
+        saved = f"{last} holds the last save" if os.path.exists(last) else "nothing was saved"
+        err.print(f"stopped at once; {saved}")
         raise typer.Exit(code=130) from None
 
 
@@ -322,6 +325,7 @@ def _train(
         ckpt = None
         if resume:
             ckpt = load_checkpoint(run_dir.last)
+            check_resumable(ckpt, run_dir.last)
             model_config, train_config = _resume_configs(ckpt, given)
         text = read_text(corpus_path, encoding)
         for w in text.warnings:
@@ -442,10 +446,15 @@ def _sample(
     if device_name == "auto":
         device = resolve_device("cpu")  # measured faster for one-at-a-time sampling
     ckpt = load_checkpoint(checkpoint)
-    model, vocab = model_from_checkpoint(ckpt)
+    model, vocab = model_from_checkpoint(ckpt, checkpoint)
     if seed is None:
         seed = (ckpt.get("corpus") or {}).get("first_char") or vocab.chars[0]
-    separator = separator.encode("utf-8").decode("unicode_escape")
+    try:
+        separator = separator.encode("utf-8").decode("unicode_escape")
+    except UnicodeDecodeError:
+        raise UsageError(
+            f"--separator {separator!r} has a broken backslash escape: write \\n, \\t or \\\\"
+        ) from None
     out = sys.stdout
     current = 0
     unflushed = 0
@@ -484,7 +493,7 @@ def eval_cmd(
 def _eval(file: str, checkpoint: str, encoding: str, device_name: str, as_json: bool) -> None:
     device = resolve_device(device_name)
     ckpt = load_checkpoint(checkpoint)
-    model, vocab = model_from_checkpoint(ckpt)
+    model, vocab = model_from_checkpoint(ckpt, checkpoint)
     text = read_text(file, encoding)
     for w in text.warnings:
         _warn(w)
@@ -528,7 +537,7 @@ def info_cmd(
 
 def _info(path: str, as_json: bool) -> None:
     ckpt = load_checkpoint(path)
-    model, vocab = model_from_checkpoint(ckpt)
+    model, vocab = model_from_checkpoint(ckpt, path)
     best = ckpt.get("best_val_loss")
     history = ckpt.get("history") or []
     info = {

@@ -18,8 +18,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _positive(name: str, value: int | float) -> None:
-    if value is None or value <= 0:
-        raise UsageError(f"{name} must be greater than 0 (got {value})")
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{name} must be a finite number greater than 0 (got {value})")
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,9 @@ class TrainConfig:
         _positive("--seq-len", self.seq_len)
         _positive("--lr", self.lr)
         _positive("--eval-every", self.eval_every)
-        if not 0.0 < self.val_fraction < 1.0:
+        if not 0.0 < self.val_fraction < 1.0:  # also refuses nan
             raise UsageError(f"--val-fraction must be between 0 and 1 (got {self.val_fraction})")
-        if self.grad_clip < 0:
+        if not math.isfinite(self.grad_clip) or self.grad_clip < 0:
             raise UsageError(
                 f"--grad-clip must be >= 0; 0 turns clipping off (got {self.grad_clip})"
             )

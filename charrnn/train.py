@@ -22,7 +22,7 @@ from .checkpoint import FORMAT_NAME, FORMAT_VERSION, save_checkpoint
 from .config import DEFAULT_EPOCHS, ModelConfig, TrainConfig
 from .corpus import Corpus
 from .device import autocast, configure_backends, resolve_device, resolve_precision
-from .errors import TrainingError
+from .errors import CheckpointError, OutputError, TrainingError
 from .model import CharRNN, Hidden, detach_hidden, hidden_from_list, hidden_to_list
 from .rundir import RunDir
 
@@ -252,7 +252,12 @@ class _Run:
         self.plan: int | None = self.limit if config.time_limit is None else None
         self.clock_plan = False  # True once this invocation planned from measured speed
         if resume is not None:
-            self._restore(resume)
+            try:
+                self._restore(resume)
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise CheckpointError(
+                    f"cannot resume: the checkpoint's training state is damaged ({e!s:.100})"
+                ) from None
 
     # -- checkpoint state
 
@@ -314,9 +319,15 @@ class _Run:
                 f"{self.run_dir.last}: lower --lr (now {self.config.lr:g}) or --grad-clip"
             )
         state = self.state()
-        if also_best:
-            save_checkpoint(state, self.run_dir.best)
-        save_checkpoint(state, self.run_dir.last)
+        targets = [self.run_dir.best, self.run_dir.last] if also_best else [self.run_dir.last]
+        for path in targets:
+            try:
+                save_checkpoint(state, path)
+            except OSError as e:
+                raise OutputError(
+                    f"could not save {path} ({e.strerror or e}); the previous checkpoint is "
+                    "intact: free some space or fix the folder, then --resume"
+                ) from None
 
     # -- pieces of the loop
 

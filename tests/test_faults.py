@@ -313,38 +313,18 @@ def test_bad_train_option_is_a_usage_error(tmp_path, corpus_file, options, needl
 NON_FINITE_OPTIONS = [
     pytest.param(
         ["--epochs", "nan"],
-        marks=pytest.mark.xfail(
-            reason="BUG: --epochs nan passes TrainConfig and crashes in limit_steps "
-            "(ValueError traceback)",
-            strict=True,
-        ),
         id="epochs-nan",
     ),
     pytest.param(
         ["--epochs", "inf"],
-        marks=pytest.mark.xfail(
-            reason="BUG: --epochs inf passes TrainConfig and crashes in limit_steps "
-            "(OverflowError traceback)",
-            strict=True,
-        ),
         id="epochs-inf",
     ),
     pytest.param(
         ["--lr", "nan"],
-        marks=pytest.mark.xfail(
-            reason="BUG: --lr nan passes TrainConfig; torch.optim.Adam raises ValueError "
-            "(traceback)",
-            strict=True,
-        ),
         id="lr-nan",
     ),
     pytest.param(
         ["--grad-clip", "nan"],
-        marks=pytest.mark.xfail(
-            reason="BUG: --grad-clip nan is accepted (nan < 0 is False) and stored in the "
-            "checkpoint; the run exits 0",
-            strict=True,
-        ),
         id="grad-clip-nan",
     ),
 ]
@@ -388,11 +368,6 @@ def test_seed_outside_the_vocabulary_lists_the_strangers(saved_run):
     assert "'t'" not in line and "'h'" not in line  # only the characters it lacks
 
 
-@pytest.mark.xfail(
-    reason="BUG: cli._sample decodes --separator with unicode_escape unguarded; a lone "
-    "backslash or a bad \\x escape raises UnicodeDecodeError (traceback)",
-    strict=True,
-)
 @pytest.mark.parametrize("separator", ["\\", "\\x"], ids=["trailing-backslash", "bad-x-escape"])
 def test_bad_separator_escape_is_a_usage_error(saved_run, separator):
     options = ["--length", "3", "--num-samples", "2", "--separator", separator]
@@ -400,11 +375,6 @@ def test_bad_separator_escape_is_a_usage_error(saved_run, separator):
     assert_error(result, 2, "--separator")
 
 
-@pytest.mark.xfail(
-    reason="BUG: cli._fail/_warn print the message as rich markup unescaped: a path with "
-    "'[/x]' raises rich.errors.MarkupError (traceback), '[bold]' is silently dropped",
-    strict=True,
-)
 @pytest.mark.parametrize("name", ["notes[/x].txt", "data[bold].txt"])
 def test_error_message_shows_paths_with_brackets_verbatim(tmp_path, name):
     result = invoke("train", tmp_path / name, "--out", tmp_path / "out", *TINY)
@@ -521,11 +491,6 @@ def test_bad_checkpoint_is_refused(tmp_path, saved_run, corpus_file, kind, comma
     assert file_bytes(folder) == before
 
 
-@pytest.mark.xfail(
-    reason="BUG: checkpoint.load_checkpoint lets torch.load's KeyError/IndexError (the legacy "
-    "unpickler reading non-zip bytes) escape instead of raising CheckpointError",
-    strict=True,
-)
 def test_any_non_checkpoint_bytes_raise_checkpoint_error(tmp_path, corpus_file):
     candidates = [corpus_file.read_bytes(), b"hello world\n"]
     candidates += [random.Random(seed).randbytes(4096) for seed in range(10)]
@@ -536,11 +501,6 @@ def test_any_non_checkpoint_bytes_raise_checkpoint_error(tmp_path, corpus_file):
             load_checkpoint(str(path))
 
 
-@pytest.mark.xfail(
-    reason="BUG: `charrnn sample -c corpus.txt` (a text file given as the checkpoint) ends "
-    "in an IndexError (or, for other texts, KeyError) traceback from torch.load",
-    strict=True,
-)
 def test_text_file_given_as_checkpoint_is_refused(corpus_file):
     assert_error(invoke("sample", "-c", corpus_file), 1, "corpus.txt")
 
@@ -554,12 +514,6 @@ def _damaged_for_resume(saved_run: Path, how: str) -> dict:
     return ckpt
 
 
-@pytest.mark.xfail(
-    reason="BUG: a checkpoint that passes load_checkpoint but lacks optimizer_state/cursor or "
-    "has wrongly shaped weights crashes `train --resume` (KeyError / RuntimeError from "
-    "train._Run) instead of a CheckpointError; sample/info do check (model_from_checkpoint)",
-    strict=True,
-)
 @pytest.mark.parametrize("how", ["no-optimizer-state", "wrong-shapes"])
 def test_damaged_checkpoint_is_refused_on_resume(tmp_path, saved_run, corpus_file, how):
     folder = tmp_path / "run"
@@ -634,11 +588,6 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, saved_run, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left
 
 
-@pytest.mark.xfail(
-    reason="BUG: an OSError while saving a checkpoint during `charrnn train` (disk full) is "
-    "not turned into an error line: cli._guarded only catches CharRNNError (traceback)",
-    strict=True,
-)
 def test_disk_full_during_training_is_an_error_line(run_copy, corpus_file, monkeypatch):
     before = file_bytes(run_copy)
     monkeypatch.setattr(torch, "save", _fail_midway)
