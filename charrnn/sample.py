@@ -24,17 +24,14 @@ from .model import CharRNN, Hidden
 from .vocab import Vocab, describe_chars
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    # In place: the stepper owns `x` (a slice of this step's gate pre-activations).
-    np.negative(x, out=x)
-    np.exp(x, out=x)
-    x += 1.0
-    np.reciprocal(x, out=x)
-    return x
-
-
 class NumpyStepper:
-    """One recurrent step at a time for S parallel streams, in float32 numpy."""
+    """One recurrent step at a time for S parallel streams, in float32 numpy.
+
+    Two rewrites make a step cheap without changing its result:
+      * x_t is one-hot, so W_ih x_t is a row of a (V, G*H) table, biases folded in;
+      * σ(z) = (1 + tanh(z/2)) / 2, so with the sigmoid gates' rows of W and b halved once
+        here, a single tanh over all gate pre-activations serves every gate.
+    """
 
     def __init__(self, model: CharRNN, num_streams: int):
         cfg = model.config
@@ -42,81 +39,98 @@ class NumpyStepper:
         self.hidden_size = h = cfg.hidden_size
         self.num_layers = cfg.num_layers
         self.num_streams = num_streams
-        gates = {"lstm": 4, "gru": 3, "rnn": 1}[self.kind]
+
+        # Rows of the stacked gate weights: LSTM [i; f; g; o] becomes [i; f; o; g] so the
+        # sigmoid gates are one slice; `half` marks the rows of sigmoid gates.
+        if self.kind == "lstm":
+            order = np.r_[0 : 2 * h, 3 * h : 4 * h, 2 * h : 3 * h]
+            half = np.r_[np.full(3 * h, 0.5), np.ones(h)]
+        elif self.kind == "gru":  # [r; z; n]
+            order = np.arange(3 * h)
+            half = np.r_[np.full(2 * h, 0.5), np.ones(h)]
+        else:
+            order, half = np.arange(h), np.ones(h)
+        half = half.astype(np.float32)
 
         def weight(name: str) -> np.ndarray:
-            return getattr(model.rnn, name).detach().float().cpu().numpy().astype(np.float32)
+            w = getattr(model.rnn, name).detach().float().cpu().numpy()[order]
+            return (w * (half[:, None] if w.ndim == 2 else half)).astype(np.float32)
 
-        # torch stores LSTM gates as rows [i; f; g; o]; reorder to [i; f; o; g] so the three
-        # sigmoid gates are one contiguous slice.
-        order = np.r_[0 : 2 * h, 3 * h : 4 * h, 2 * h : 3 * h] if self.kind == "lstm" else None
-
-        def rows(w: np.ndarray) -> np.ndarray:
-            return w[order] if order is not None else w
-
-        self.w_ih_t, self.w_hh_t, self.b_ih, self.b_hh = [], [], [], []
-        for layer in range(self.num_layers):
-            self.w_ih_t.append(np.ascontiguousarray(rows(weight(f"weight_ih_l{layer}")).T))
-            self.w_hh_t.append(np.ascontiguousarray(rows(weight(f"weight_hh_l{layer}")).T))
-            self.b_ih.append(rows(weight(f"bias_ih_l{layer}")))
-            self.b_hh.append(rows(weight(f"bias_hh_l{layer}")))
-        # A one-hot x_t times W_ih is one row of W_ih^T: the first layer's input term is a
-        # table lookup. For LSTM/RNN both biases fold into that table too.
-        self.input_table = self.w_ih_t[0] + self.b_ih[0]  # (V, G*H)
-        if self.kind != "gru":
-            self.input_table = self.input_table + self.b_hh[0]
+        w_ih_t = [np.ascontiguousarray(weight(f"weight_ih_l{k}").T) for k in range(cfg.num_layers)]
+        self.w_hh_t = [
+            np.ascontiguousarray(weight(f"weight_hh_l{k}").T) for k in range(cfg.num_layers)
+        ]
+        b_ih = [weight(f"bias_ih_l{k}") for k in range(cfg.num_layers)]
+        self.b_hh = [weight(f"bias_hh_l{k}") for k in range(cfg.num_layers)]
+        if self.kind == "gru":  # r gates W_hn h + b_hn, so the two sides stay apart
+            self.table = w_ih_t[0] + b_ih[0]  # (V, 3H)
+            self.w_ih_t, self.b_ih = w_ih_t, b_ih
+        else:
+            self.table = w_ih_t[0] + b_ih[0] + self.b_hh[0]  # (V, G*H)
             # Upper layers: one matmul of [h_below, h] against [W_ih; W_hh]^T.
             self.w_cat_t = [None] + [
-                np.ascontiguousarray(np.concatenate([self.w_ih_t[i], self.w_hh_t[i]], axis=0))
-                for i in range(1, self.num_layers)
+                np.ascontiguousarray(np.concatenate([w_ih_t[k], self.w_hh_t[k]], axis=0))
+                for k in range(1, cfg.num_layers)
             ]
-            self.b_sum = [self.b_ih[i] + self.b_hh[i] for i in range(self.num_layers)]
-        self.w_out_t = np.ascontiguousarray(
-            model.head.weight.detach().float().cpu().numpy().T
-        )  # (H, V)
-        self.b_out = model.head.bias.detach().float().cpu().numpy()
-        self.gate_width = gates * h
+            self.b_sum = [b_ih[k] + self.b_hh[k] for k in range(cfg.num_layers)]
+        self.w_out_t = np.ascontiguousarray(model.head.weight.detach().float().numpy().T)  # (H, V)
+        self.b_out = model.head.bias.detach().float().numpy().copy()
         self.reset()
 
     def reset(self) -> None:
-        shape = (self.num_layers, self.num_streams, self.hidden_size)
-        self.h = np.zeros(shape, dtype=np.float32)
-        self.c = np.zeros(shape, dtype=np.float32) if self.kind == "lstm" else None
+        s, h = self.num_streams, self.hidden_size
+        # xh[k] holds [input from the layer below | this layer's h] side by side, so the
+        # upper layers' matmul needs no concatenation; layer 0 keeps h alone.
+        self.xh = [
+            np.zeros((s, h if k == 0 else 2 * h), np.float32) for k in range(self.num_layers)
+        ]
+        self.c = np.zeros((self.num_layers, s, h), np.float32) if self.kind == "lstm" else None
+
+    def state(self, layer: int) -> np.ndarray:
+        """h of `layer`, (S, H) (a view)."""
+        return self.xh[layer][:, -self.hidden_size :]
 
     def step(self, ids: np.ndarray) -> np.ndarray:
         """ids (S,) -> logits (S, V) for the next character; advances the state."""
-        h_size = self.hidden_size
-        below = None
-        for layer in range(self.num_layers):
-            h_prev = self.h[layer]  # (S, H)
+        hs = self.hidden_size
+        for k in range(self.num_layers):
+            h_prev = self.state(k)  # (S, H)
             if self.kind == "gru":
-                gi = self.input_table[ids] if layer == 0 else below @ self.w_ih_t[layer]
-                if layer > 0:
-                    gi += self.b_ih[layer]
-                gh = h_prev @ self.w_hh_t[layer] + self.b_hh[layer]  # (S, 3H)
-                rz = _sigmoid(gi[:, : 2 * h_size] + gh[:, : 2 * h_size])
-                r, z = rz[:, :h_size], rz[:, h_size:]
-                n = np.tanh(gi[:, 2 * h_size :] + r * gh[:, 2 * h_size :])
-                h_new = n + z * (h_prev - n)  # (1 - z) * n + z * h
+                if k == 0:
+                    gi = self.table[ids]
+                else:
+                    gi = self.xh[k][:, :hs] @ self.w_ih_t[k]
+                    gi += self.b_ih[k]
+                gh = h_prev @ self.w_hh_t[k]
+                gh += self.b_hh[k]  # (S, 3H)
+                rz = np.tanh(gi[:, : 2 * hs] + gh[:, : 2 * hs])
+                rz *= 0.5
+                rz += 0.5  # r, z = σ(...)
+                n = np.tanh(gi[:, 2 * hs :] + rz[:, :hs] * gh[:, 2 * hs :])
+                h_new = n + rz[:, hs:] * (h_prev - n)  # (1 - z) ⊙ n + z ⊙ h
             else:
-                if layer == 0:
-                    gates = self.input_table[ids] + h_prev @ self.w_hh_t[0]  # (S, G*H)
+                if k == 0:
+                    gates = self.table[ids]
+                    gates += h_prev @ self.w_hh_t[0]  # (S, G*H)
                 else:
-                    xh = np.concatenate([below, h_prev], axis=1)  # (S, 2H)
-                    gates = xh @ self.w_cat_t[layer]
-                    gates += self.b_sum[layer]
+                    gates = self.xh[k] @ self.w_cat_t[k]
+                    gates += self.b_sum[k]
+                np.tanh(gates, out=gates)
                 if self.kind == "rnn":
-                    h_new = np.tanh(gates)
+                    h_new = gates  # h_t = tanh(W_xh x_t + W_hh h_{t-1} + b)
                 else:
-                    ifo = _sigmoid(gates[:, : 3 * h_size])
-                    g = np.tanh(gates[:, 3 * h_size :])
-                    c = self.c[layer]
-                    c *= ifo[:, h_size : 2 * h_size]  # f ⊙ c_{t-1}
-                    c += ifo[:, :h_size] * g  # + i ⊙ g
-                    h_new = ifo[:, 2 * h_size :] * np.tanh(c)  # o ⊙ tanh(c_t)
-            self.h[layer] = h_new
-            below = h_new
-        return below @ self.w_out_t + self.b_out  # (S, V)
+                    ifo = gates[:, : 3 * hs]
+                    ifo *= 0.5
+                    ifo += 0.5  # i, f, o = σ(...); g = tanh(...) is gates[:, 3H:]
+                    c = self.c[k]
+                    c *= ifo[:, hs : 2 * hs]  # f ⊙ c_{t-1}
+                    c += ifo[:, :hs] * gates[:, 3 * hs :]  # + i ⊙ g
+                    h_new = np.tanh(c)
+                    h_new *= ifo[:, 2 * hs :]  # h_t = o ⊙ tanh(c_t)
+            h_prev[...] = h_new
+            if k + 1 < self.num_layers:
+                self.xh[k + 1][:, :hs] = h_new
+        return self.state(self.num_layers - 1) @ self.w_out_t + self.b_out  # (S, V)
 
 
 class TorchStepper:
@@ -151,32 +165,37 @@ def draw(
     temperature: float,
     top_k: int | None,
     top_p: float | None,
-    rng: np.random.Generator,
+    uniform: np.ndarray,
 ) -> np.ndarray:
     """logits (S, V) -> one id per row, from softmax(logits / temperature) restricted to the
-    top-k ids and/or the smallest set of ids whose probability reaches top_p."""
+    top-k ids and/or the smallest set of ids whose probability reaches top_p.
+
+    `uniform` (S,) holds one number in [0, 1) per row: the draw's only randomness.
+    """
     if temperature == 0:
         return logits.argmax(axis=1)
-    z = logits.astype(np.float64) / temperature  # (S, V)
+    z = logits * np.float32(1.0 / temperature)  # (S, V)
     vocab_size = z.shape[1]
     if top_k is not None and top_k < vocab_size:
         kth = np.partition(z, vocab_size - top_k, axis=1)[:, vocab_size - top_k, None]
-        z = np.where(z < kth, -np.inf, z)
+        z[z < kth] = -np.inf
     z -= z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
+    p = np.exp(z, out=z)  # unnormalised: the draw below scales by the total instead
     if top_p is not None and top_p < 1.0:
+        p /= p.sum(axis=1, keepdims=True)
         order = np.argsort(-p, axis=1)
         sorted_p = np.take_along_axis(p, order, axis=1)
         before = np.cumsum(sorted_p, axis=1) - sorted_p  # mass of the better ids
-        drop_sorted = before >= top_p  # the best id always stays (before = 0)
-        drop = np.zeros_like(drop_sorted)
-        np.put_along_axis(drop, order, drop_sorted, axis=1)
-        p = np.where(drop, 0.0, p)
-    cumulative = np.cumsum(p, axis=1)  # (S, V)
-    u = rng.random(len(p))[:, None] * cumulative[:, -1:]
-    ids = (cumulative <= u).sum(axis=1)
+        drop = np.zeros(p.shape, dtype=bool)
+        np.put_along_axis(drop, order, before >= top_p, axis=1)  # the best id always stays
+        p[drop] = 0.0
+    cumulative = np.cumsum(p, axis=1, dtype=np.float64)  # (S, V)
+    # Inverse CDF: the first id whose cumulative mass exceeds u * total.
+    ids = (cumulative <= (uniform * cumulative[:, -1])[:, None]).sum(axis=1)
     return np.minimum(ids, vocab_size - 1)
+
+
+UNIFORM_BLOCK = 1024
 
 
 def check_seed(seed: str, vocab: Vocab) -> list[int]:
@@ -217,7 +236,11 @@ def generate(
         logits = stepper.step(np.full(num, i, dtype=np.int64))
     drawn = np.empty((num, config.length), dtype=np.int64)
     for t in range(config.length):
-        ids = draw(logits, config.temperature, config.top_k, config.top_p, rng)
+        if t % UNIFORM_BLOCK == 0:  # one call to the generator per block, not per character
+            uniforms = rng.random((UNIFORM_BLOCK, num))
+        ids = draw(
+            logits, config.temperature, config.top_k, config.top_p, uniforms[t % UNIFORM_BLOCK]
+        )
         drawn[:, t] = ids
         yield 0, chars[ids[0]]
         if t + 1 < config.length:

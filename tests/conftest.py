@@ -13,6 +13,7 @@ from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import Text, build_corpus
 from charrnn.rundir import RunDir
 from charrnn.train import train
+from charrnn.vocab import Vocab
 
 torch.set_num_threads(1)  # small ops: threads only add overhead and noise
 
@@ -43,20 +44,30 @@ def tiny_configs(**overrides) -> tuple[ModelConfig, TrainConfig]:
 
 
 def tiny_run(text: str, out: str, resume=None, stop=None, on_event=None, **overrides):
-    """Train through the library exactly as the CLI does; returns (result, corpus)."""
-    model_config, config = tiny_configs(**overrides)
-    vocab = None
-    if resume is not None:
-        from charrnn.vocab import Vocab
+    """Train through the library exactly as the CLI does; returns (result, corpus).
 
-        vocab = Vocab.from_list(resume["vocab"])
+    With `resume` (a loaded checkpoint) and no overrides, the configs come from the
+    checkpoint, as `charrnn train --resume` takes them.
+    """
+    if resume is not None and not overrides:
+        model_config = ModelConfig.from_dict(resume["model_config"])
+        config = TrainConfig.from_dict(resume["train_config"])
+    else:
+        model_config, config = tiny_configs(**overrides)
     corpus = build_corpus(
-        Text(text, "<test>"), config.val_fraction, config.batch_size * config.seq_len + 1, vocab
+        Text(text, "<test>"),
+        config.val_fraction,
+        config.batch_size * config.seq_len + 1,
+        Vocab.from_list(resume["vocab"]) if resume is not None else None,
     )
     model_config = ModelConfig(**{**model_config.to_dict(), "vocab_size": len(corpus.vocab)})
     run_dir = RunDir(out)
     run_dir.prepare(resume=resume is not None, force=True)
-    result = train(model_config, config, corpus, run_dir, on_event, resume, stop)
+    run_dir.lock()
+    try:
+        result = train(model_config, config, corpus, run_dir, on_event, resume, stop)
+    finally:
+        run_dir.release()
     return result, corpus
 
 

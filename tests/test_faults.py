@@ -27,19 +27,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run
 from typer.testing import CliRunner
 
 import charrnn.corpus
 import charrnn.train
-from charrnn.batches import min_train_chars
 from charrnn.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from charrnn.cli import app
-from charrnn.config import ModelConfig, TrainConfig
-from charrnn.corpus import Text, build_corpus
 from charrnn.errors import CheckpointError, TrainingError
-from charrnn.rundir import RunDir
-from charrnn.train import MAX_BAD_STEPS, Notice, StepDone, StopRequest, train
-from charrnn.vocab import Vocab
+from charrnn.train import MAX_BAD_STEPS, Notice, StepDone, StopRequest
 
 # A small corpus with a few non-ASCII characters, so a cut multi-byte character would show.
 TEXT = "the quick brown fox jumps over the lazy dog; déjà vu, naïve café. " * 30
@@ -91,49 +87,24 @@ def finite(state: dict[str, torch.Tensor]) -> bool:
     return all(torch.isfinite(v).all() for v in state.values())
 
 
-def lib_run(
-    text: str,
-    out: Path,
-    resume: dict | None = None,
-    stop: StopRequest | None = None,
-    on_event=None,
-    **overrides,
-):
-    """Train through the library as the CLI does (RunDir, build_corpus, configs)."""
+# The small LSTM the library-level fault tests train (dropout on: RNG state matters).
+FAULT_RUN = {
+    "hidden_size": 16,
+    "dropout": 0.3,
+    "seq_len": 8,
+    "warmup_steps": 3,
+    "max_steps": 15,
+    "eval_every": 5,
+}
+
+
+def lib_run(text: str, out: Path, resume=None, stop=None, on_event=None, **overrides):
+    """Train through the library as the CLI does; a resumed run takes its checkpoint's
+    configs, as `charrnn train --resume` does."""
     if resume is None:
-        model = {"model": "lstm", "hidden_size": 16, "num_layers": 2, "dropout": 0.3}
-        run = {
-            "batch_size": 4,
-            "seq_len": 8,
-            "lr": 1e-2,
-            "warmup_steps": 3,
-            "max_steps": 15,
-            "eval_every": 5,
-            "precision": "fp32",
-            "device": "cpu",
-        }
-        for k, v in overrides.items():
-            (model if k in model else run)[k] = v
-        model_kw, config = model, TrainConfig(**run)
-    else:  # everything comes from the checkpoint, as `charrnn train --resume` does
-        assert not overrides
-        model_kw = ModelConfig.from_dict(resume["model_config"]).to_dict()
-        model_kw.pop("vocab_size")
-        config = TrainConfig.from_dict(resume["train_config"])
-    corpus = build_corpus(
-        Text(text, "<test>"),
-        config.val_fraction,
-        min_train_chars(config.batch_size, config.seq_len),
-        vocab=Vocab.from_list(resume["vocab"]) if resume else None,
-    )
-    model_config = ModelConfig(**model_kw, vocab_size=len(corpus.vocab))
-    run_dir = RunDir(str(out))
-    run_dir.prepare(resume=resume is not None, force=True)
-    run_dir.lock()
-    try:
-        return train(model_config, config, corpus, run_dir, on_event, resume, stop)
-    finally:
-        run_dir.release()
+        overrides = {**FAULT_RUN, **overrides}
+    result, _ = tiny_run(text, str(out), resume, stop, on_event, **overrides)
+    return result
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def test_top_k_draws_only_from_the_k_best():
     best3 = np.argsort(-logits, axis=1)[:, :3]
     seen = [set() for _ in range(4)]
     for _ in range(300):
-        ids = draw(logits, 1.5, 3, None, rng)
+        ids = draw(logits, 1.5, 3, None, rng.random(4))
         for row, i in enumerate(ids):
             assert i in best3[row]
             seen[row].add(int(i))
@@ -80,9 +80,9 @@ def test_top_k_draws_only_from_the_k_best():
 def test_top_p_keeps_the_smallest_set_reaching_p():
     logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))
     rng = np.random.default_rng(0)
-    drawn = {int(draw(logits, 1.0, None, 0.75, rng)[0]) for _ in range(300)}
+    drawn = {int(draw(logits, 1.0, None, 0.75, rng.random(1))[0]) for _ in range(300)}
     assert drawn == {0, 1}  # 0.5 < 0.75 <= 0.5 + 0.3
-    drawn = {int(draw(logits, 1.0, None, 0.4, rng)[0]) for _ in range(100)}
+    drawn = {int(draw(logits, 1.0, None, 0.4, rng.random(1))[0]) for _ in range(100)}
     assert drawn == {0}
 
 
@@ -90,9 +90,9 @@ def test_draws_follow_the_softmax_of_logits_over_temperature():
     logits = np.array([[0.0, np.log(3.0)]])  # p = 1/4, 3/4 at temperature 1
     rng = np.random.default_rng(0)
     n = 20000
-    ones = sum(int(draw(logits, 1.0, None, None, rng)[0]) for _ in range(n))
+    ones = sum(int(draw(logits, 1.0, None, None, rng.random(1))[0]) for _ in range(n))
     assert ones / n == pytest.approx(0.75, abs=0.015)
-    ones = sum(int(draw(logits, 0.5, None, None, rng)[0]) for _ in range(n // 4))
+    ones = sum(int(draw(logits, 0.5, None, None, rng.random(1))[0]) for _ in range(n // 4))
     assert ones / (n // 4) == pytest.approx(0.9, abs=0.02)  # 9/(1+9): sharper at T=0.5
 
 
