@@ -51,11 +51,11 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     # data
-    batch_size: int = 32  # parallel streams the training text is cut into
+    batch_size: int = 24  # parallel streams the training text is cut into
     seq_len: int = 64  # characters per truncated-BPTT window
     val_fraction: float = 0.1  # the last fraction of the text, held out for validation
     # optimisation
-    lr: float = 3e-3  # peak Adam learning rate
+    lr: float = 4e-3  # peak Adam learning rate
     lr_min_ratio: float = 0.05  # the cosine schedule decays to lr * lr_min_ratio
     warmup_steps: int = 50  # linear warm-up from 0 to lr
     grad_clip: float = 1.0  # clip the global L2 norm of all gradients to this; 0 = off
@@ -65,7 +65,7 @@ class TrainConfig:
     epochs: float | None = None
     time_limit: float | None = None  # seconds of this invocation's training, evals included
     # bookkeeping
-    eval_every: int = 500  # steps between validation passes (and last.pt saves)
+    eval_every: int = 1000  # steps between validation passes (and last.pt saves)
     random_seed: int = 1337
     device: str = "auto"
 
