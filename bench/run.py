@@ -5,7 +5,8 @@
     python bench/run.py --quality  # also: validation loss after `--time-limit 5m` (5 more min)
 
 Every figure is a median over interleaved blocks (baseline, ours, baseline, ours, ...),
-so a noisy neighbour slows both sides alike; ratios are ours / baseline.
+so a noisy neighbour slows both sides alike; a ratio is the median of ours / baseline
+over the rounds, each round's pair run back to back.
 The baselines are written plainly below, the way a tutorial would write them.
 """
 
@@ -54,13 +55,14 @@ def baseline_train_block(kind, hidden, layers, ids, vocab_size, batch, seq_len, 
     n = (len(ids) - 1) // batch
     x_all = ids[: n * batch].view(batch, n).long()
     y_all = ids[1 : n * batch + 1].view(batch, n).long()
+    windows = n // seq_len
     hidden_state = None
     t0 = None
     warm = 3
     for step in range(steps + warm):
         if step == warm:
             t0 = time.perf_counter()
-        s = step * seq_len
+        s = (step % windows) * seq_len
         x, y = x_all[:, s : s + seq_len], y_all[:, s : s + seq_len]
         out, hidden_state = rnn(F.one_hot(x, vocab_size).float(), hidden_state)
         loss = F.cross_entropy(head(out).reshape(-1, vocab_size), y.reshape(-1))
@@ -97,8 +99,8 @@ def naive_sample(rnn, head, vocab_size, length, seed=0):
 def ours_train_block(corpus, kind, hidden, layers, batch, seq_len, steps, precision, out):
     """charrnn's own train() on the same data; chars/s between the StepDone events of the
     timed steps (data path, autocast, clipping, logging callback all included)."""
-    model_config = ModelConfig(
-        model=kind, vocab_size=len(corpus.vocab), hidden_size=hidden, num_layers=layers
+    model_config = ModelConfig(  # dropout 0: the same work as the baseline
+        model=kind, vocab_size=len(corpus.vocab), hidden_size=hidden, num_layers=layers, dropout=0.0
     )
     warm = 3
     config = TrainConfig(
@@ -124,16 +126,20 @@ def ours_train_block(corpus, kind, hidden, layers, batch, seq_len, steps, precis
 # --------------------------------------------------------------------- helpers
 
 
-def median_pair(fn_base, fn_ours, rounds):
-    base, ours = [], []
+def interleaved(fns, rounds):
+    """Run the functions in turn, `rounds` times over: results[i][r] is fns[i] in round r."""
+    results = [[] for _ in fns]
     for _ in range(rounds):
-        base.append(fn_base())
-        ours.append(fn_ours())
-    return statistics.median(base), statistics.median(ours)
+        for fn, out in zip(fns, results, strict=True):
+            out.append(fn())
+    return results
 
 
-def row(table, what, base, ours, unit):
-    ratio = ours / base if base else float("nan")
+def row(table, what, base_runs, ours_runs, unit):
+    """Medians of each side; the ratio is the median of the per-round ratios, so a change in
+    the machine's speed between rounds (it is shared) cancels within each pair."""
+    base, ours = statistics.median(base_runs), statistics.median(ours_runs)
+    ratio = statistics.median(o / b for b, o in zip(base_runs, ours_runs, strict=True))
     table.append((what, f"{base:,.0f} {unit}", f"{ours:,.0f} {unit}", f"{ratio:.2f}x"))
     print(f"  {what}: baseline {base:,.0f}, ours {ours:,.0f} {unit} ({ratio:.2f}x)", flush=True)
 
@@ -185,22 +191,24 @@ def main() -> None:
     )
     print("training throughput (2 layers, batch 32, window 64, chars/s):", flush=True)
     for kind, hidden in shapes:
-        steps = max(4, int(60_000 / hidden)) if not quick else 10
+        # A step costs about hidden^2: this keeps each timed block near 3 s on 2 cores.
+        steps = max(10, int(2_500_000 / hidden**2)) if not quick else 10
         if kind == "rnn":
-            steps *= 3
+            steps *= 2  # a quarter of an LSTM's gate work
         rounds = 2 if quick else 3
         out = os.path.join(tmp, f"{kind}{hidden}")
+        precisions = ["fp32", precision] if precision != "fp32" else ["fp32"]
 
         def base(kind=kind, hidden=hidden, steps=steps):
             return baseline_train_block(kind, hidden, 2, ids, vocab_size, 32, 64, steps)
 
-        for prec in ["fp32", precision] if precision != "fp32" else ["fp32"]:
+        def ours(prec, kind=kind, hidden=hidden, steps=steps, out=out):
+            return lambda: ours_train_block(corpus, kind, hidden, 2, 32, 64, steps, prec, out)
 
-            def ours(kind=kind, hidden=hidden, steps=steps, prec=prec, out=out):
-                return ours_train_block(corpus, kind, hidden, 2, 32, 64, steps, prec, out)
-
-            b, o = median_pair(base, ours, rounds)
-            row(table, f"train {kind} 2x{hidden}, ours {prec}", b, o, "chars/s")
+        # One baseline series serves every precision: base, fp32, bf16, base, fp32, ...
+        b, *o = interleaved([base] + [ours(prec) for prec in precisions], rounds)
+        for prec, o_prec in zip(precisions, o, strict=True):
+            row(table, f"train {kind} 2x{hidden}, ours {prec}", b, o_prec, "chars/s")
 
     # -- sampling throughput
     print("sampling throughput (chars/s):", flush=True)
@@ -221,7 +229,7 @@ def main() -> None:
                     pass
                 return streams * length / (time.perf_counter() - t0)
 
-            b, o = median_pair(base, ours, 3)
+            b, o = interleaved([base, ours], 3)
             what = f"sample lstm 2x{hidden}, {streams} stream(s) (baseline: 1)"
             row(table, what, b, o, "chars/s")
 

@@ -56,7 +56,9 @@ app = typer.Typer(
     help="Character-level RNN / LSTM / GRU: train on any text, sample into a pipeline.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-err = Console(stderr=True, highlight=False)
+# soft_wrap: a log line stays one line in a file or pipe (rich would cut it at 80 columns).
+# markup off: paths and corpus text may hold [brackets]; only our own labels are styled.
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def _default(cls: type, name: str) -> Any:
@@ -64,7 +66,7 @@ def _default(cls: type, name: str) -> Any:
 
 
 def _fail(error: CharRNNError) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(str(error))}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(str(error))}", markup=True)
     raise typer.Exit(code=error.exit_code)
 
 
@@ -76,7 +78,7 @@ def _guarded(fn: Callable[[], Any]) -> Any:
 
 
 def _warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {escape(message)}", markup=True, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(message)}", markup=True)
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -353,8 +355,7 @@ def _train(
         again = f"charrnn train {corpus_path} --out {out} --resume"
         err.print(
             f"stopped by {result.stop_reason} at step {result.step}; saved {run_dir.last}. "
-            f"Continue with: {again}",
-            soft_wrap=True,
+            f"Continue with: {again}"
         )
         raise typer.Exit(code=130 if result.stop_reason == "SIGINT" else 143)
     if not quiet:
@@ -363,8 +364,7 @@ def _train(
         err.print(
             f"done: {result.step} steps, {result.epoch:.2f} epochs in "
             f"{_fmt_time(result.elapsed)} ({result.stop_reason.replace('_', ' ')}); best "
-            f"validation loss {best_text}; checkpoints in {out}/",
-            soft_wrap=True,
+            f"validation loss {best_text}; checkpoints in {out}/"
         )
 
 

@@ -28,7 +28,7 @@ class ModelConfig:
     vocab_size: int = 0  # distinct characters in the corpus; set from the data, not by hand
     hidden_size: int = 256  # units per recurrent layer
     num_layers: int = 2  # stacked recurrent layers
-    dropout: float = 0.0  # between layers and before the output layer; 0 turns it off
+    dropout: float = 0.2  # between layers and before the output layer; 0 turns it off
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:

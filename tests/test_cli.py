@@ -31,6 +31,10 @@ def test_train_from_a_file_reports_on_stderr_only(cli_run):
     assert "val loss" in proc.stderr and "done: 20 steps" in proc.stderr
     assert (out / "last.pt").exists() and (out / "best.pt").exists()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    # Logs to a file or pipe: each message is one line, whatever its length, for grep.
+    lines = proc.stderr.splitlines()
+    assert any(line.startswith("training from step 0:") and "stops at" in line for line in lines)
+    assert all(line.startswith(("training", "step", "done", "warning")) for line in lines)
 
 
 def test_train_from_stdin(tmp_path):
@@ -118,3 +122,12 @@ def test_an_existing_run_is_refused_then_resumed(cli_run):
     assert "resuming at step 20" in proc.stderr and "done: 25 steps" in proc.stderr
     proc = run_cli("train", str(corpus), "--out", str(out), "--resume", "--lr", "0.5")
     assert proc.returncode == 2 and "--lr cannot change" in proc.stderr
+
+
+def test_messages_show_paths_with_brackets_as_typed(tmp_path):
+    corpus = tmp_path / "notes [draft].txt"
+    corpus.write_text(shakespeare_head(5000), encoding="utf-8")
+    out = tmp_path / "run[bold]1"
+    proc = run_cli("train", str(corpus), "--out", str(out), "--max-steps", "2", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert f"checkpoints in {out}/" in proc.stderr  # not eaten as rich markup

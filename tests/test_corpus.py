@@ -30,6 +30,15 @@ def test_ids_use_the_smallest_integer_type(num_chars, dtype):
     assert vocab.decode(ids.tolist()) == text
 
 
+@pytest.mark.parametrize("text", ["the cat sat on the mat. " * 5, "naïve café — 🙂 ok " * 5])
+def test_encoding_in_chunks_matches_encoding_at_once(monkeypatch, text):
+    whole_vocab, whole_ids = encode_array(text)
+    monkeypatch.setattr("charrnn.vocab.ENCODE_CHUNK", 7)  # many chunks, a ragged last one
+    vocab, ids = encode_array(text)
+    assert vocab == whole_vocab and torch.equal(ids, whole_ids)
+    assert vocab.decode(ids.tolist()) == text
+
+
 def test_the_last_fraction_is_held_out():
     text = "abcdefghij" * 100
     corpus = build_corpus(Text(text, "t"), 0.1, 10)
