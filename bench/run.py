@@ -259,7 +259,7 @@ def main() -> None:
             f"read+encode {size_mb:.0f} MB corpus",
             f"{baseline_wall:.1f} s, {baseline_peak:.0f} MB (import torch only)",
             f"{wall:.1f} s, {peak:.0f} MB peak",
-            f"{peak / size_mb:.1f}x file",
+            f"{peak / size_mb:.1f}x file (torch included)",
         )
     )
     os.unlink(big)

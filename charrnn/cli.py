@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -352,7 +353,7 @@ def _train(
         run_dir.release()
 
     if result.stop_reason in ("SIGINT", "SIGTERM"):
-        again = f"charrnn train {corpus_path} --out {out} --resume"
+        again = shlex.join(["charrnn", "train", corpus_path, "--out", out, "--resume"])
         err.print(
             f"stopped by {result.stop_reason} at step {result.step}; saved {run_dir.last}. "
             f"Continue with: {again}"

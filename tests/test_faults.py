@@ -733,7 +733,7 @@ def _assert_stopped_cleanly(run: Training, sig: str, code: int) -> None:
     assert run.wait() == code, run.stderr
     err = run.stderr
     assert "Traceback" not in err
-    assert f"stopped by {sig}" in err and "--resume" in err
+    assert f"stopped by {sig}" in err and f"--out {run.out} --resume" in err
     saved = load_checkpoint(str(run.out / "last.pt"))
     assert saved["step"] > 0 and finite(saved["model_state"])
     assert not list(run.out.glob(".tmp-*"))
