@@ -515,6 +515,7 @@ def _eval(file: str, checkpoint: str, encoding: str, device_name: str, as_json: 
         "checkpoint": checkpoint,
         "file": text.name,
         "num_chars": len(text.text),
+        "num_predicted": len(ids) - 1,  # every character but the first
         "loss_nats": loss,
         "bits_per_char": loss / LN2,
     }
@@ -522,7 +523,7 @@ def _eval(file: str, checkpoint: str, encoding: str, device_name: str, as_json: 
         typer.echo(json.dumps(result))
     else:
         typer.echo(
-            f"{loss:.4f} nats/char ({loss / LN2:.4f} bits/char) over {len(ids) - 1:,} "
+            f"{loss:.4f} nats/char ({loss / LN2:.4f} bits/char) over {result['num_predicted']:,} "
             f"predicted characters of {text.name}"
         )
 

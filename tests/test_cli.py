@@ -94,7 +94,7 @@ def test_eval_scores_a_text_as_json(cli_run):
     proc = run_cli("eval", "-c", str(out / "best.pt"), str(corpus), "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result["num_chars"] == 8000
+    assert result["num_chars"] == 8000 and result["num_predicted"] == 7999
     assert result["bits_per_char"] == pytest.approx(result["loss_nats"] / math.log(2))
     assert 0 < result["loss_nats"] < math.log(65)  # better than uniform guessing
 
