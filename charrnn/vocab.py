@@ -87,16 +87,16 @@ def encode_array(text: str) -> tuple[Vocab, torch.Tensor]:
     else:
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         table_size = int(codes.max()) + 1
-    chunks = [codes[i : i + ENCODE_CHUNK] for i in range(0, len(codes), ENCODE_CHUNK)]
+    starts = range(0, len(codes), ENCODE_CHUNK)
     counts = np.zeros(table_size, dtype=np.int64)
-    for chunk in chunks:
-        counts += np.bincount(chunk, minlength=table_size)
+    for i in starts:
+        counts += np.bincount(codes[i : i + ENCODE_CHUNK], minlength=table_size)
     present = np.flatnonzero(counts)
     vocab = Vocab(chr(int(c)) for c in present)
     dtype = id_dtype(len(vocab))
     lookup = np.zeros(table_size, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
     lookup[present] = np.arange(len(present))
     ids = np.empty(len(codes), dtype=lookup.dtype)
-    for i, chunk in zip(range(0, len(codes), ENCODE_CHUNK), chunks, strict=True):
-        ids[i : i + len(chunk)] = lookup[chunk]
+    for i in starts:
+        ids[i : i + ENCODE_CHUNK] = lookup[codes[i : i + ENCODE_CHUNK]]
     return vocab, torch.from_numpy(ids)
