@@ -370,7 +370,8 @@ class _Run:
         steps = max(1, int(0.97 * remaining / per_step))
         self.plan = self.step + steps if self.limit is None else min(self.limit, self.step + steps)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, bool]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float, bool]:
+        """One window: returns (loss, pre-clip gradient norm, learning rate, applied?)."""
         lr = learning_rate(self.step, self.config, self.plan)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -389,7 +390,7 @@ class _Run:
             self.hidden = detach_hidden(hidden)
         else:
             self.hidden = None  # a non-finite state would poison every later window
-        return loss_value, norm, ok
+        return loss_value, norm, lr, ok
 
     def run(self) -> TrainResult:
         cfg = self.config
@@ -440,7 +441,7 @@ class _Run:
                 self.window = 0
                 self.hidden = None  # each epoch starts the streams from a zero state
             x, y = self.streams.window(self.window)
-            loss, norm, ok = self.train_step(x, y)
+            loss, norm, lr, ok = self.train_step(x, y)
             self.step += 1
             self.window += 1
             if ok:
@@ -490,7 +491,7 @@ class _Run:
                     epoch=self.progress_epoch(),
                     loss=loss,
                     grad_norm=norm,
-                    lr=learning_rate(self.step - 1, cfg, self.plan),
+                    lr=lr,
                     chars_per_sec=chars_per_sec,
                     elapsed=time.perf_counter() - start,
                     eta=self._eta(time.perf_counter() - start, chars_per_sec / chars_per_step),
