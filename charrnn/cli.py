@@ -49,7 +49,7 @@ from .train import (
     evaluate,
     train,
 )
-from .vocab import Vocab, describe_chars
+from .vocab import Vocab, describe_chars, encode_in
 
 app = typer.Typer(
     add_completion=False,
@@ -498,17 +498,14 @@ def _eval(file: str, checkpoint: str, encoding: str, device_name: str, as_json: 
     text = read_text(file, encoding)
     for w in text.warnings:
         _warn(w)
-    missing = vocab.missing(text.text)
+    ids, missing = encode_in(vocab, text.text)
     if missing:
         raise UsageError(
             f"{text.name} has characters the model never saw: {describe_chars(missing)}; "
             "it can only score text made of its vocabulary"
         )
-    if len(text.text) < 2:
+    if len(ids) < 2:
         raise UsageError(f"{text.name} needs at least 2 characters to score")
-    import torch
-
-    ids = torch.tensor(vocab.encode(text.text), dtype=torch.int32)
     model.to(device)
     loss = evaluate(model, ids, device)
     result = {

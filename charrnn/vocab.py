@@ -100,3 +100,17 @@ def encode_array(text: str) -> tuple[Vocab, torch.Tensor]:
     for i in starts:
         ids[i : i + ENCODE_CHUNK] = lookup[codes[i : i + ENCODE_CHUNK]]
     return vocab, torch.from_numpy(ids)
+
+
+def encode_in(vocab: Vocab, text: str) -> tuple[torch.Tensor, list[str]]:
+    """Encode `text` with an existing vocabulary, vectorised like `encode_array`.
+
+    Returns the ids (compact dtype) and the characters of `text` that `vocab` lacks, in
+    code-point order; when any are missing the ids are empty.
+    """
+    own, ids = encode_array(text)
+    missing = [c for c in own.chars if c not in vocab]
+    if missing:
+        return torch.empty(0, dtype=id_dtype(len(vocab))), missing
+    remap = torch.tensor([vocab.index[c] for c in own.chars], dtype=id_dtype(len(vocab)))
+    return remap[ids.long()], []

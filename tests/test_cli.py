@@ -99,6 +99,15 @@ def test_eval_scores_a_text_as_json(cli_run):
     assert 0 < result["loss_nats"] < math.log(65)  # better than uniform guessing
 
 
+def test_eval_of_a_text_with_unknown_characters_names_them(cli_run, tmp_path):
+    _, _, out, _ = cli_run
+    foreign = tmp_path / "foreign.txt"
+    foreign.write_text("ROMEO: 안녕 ✓", encoding="utf-8")
+    proc = run_cli("eval", "-c", str(out / "best.pt"), str(foreign))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "'✓', '녕', '안'" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_info_describes_the_checkpoint(cli_run):
     _, _, out, _ = cli_run
     proc = run_cli("info", str(out / "last.pt"), "--json")

@@ -8,7 +8,7 @@ import torch
 from charrnn.batches import make_streams
 from charrnn.corpus import Text, build_corpus, read_text
 from charrnn.errors import CorpusError
-from charrnn.vocab import Vocab, encode_array
+from charrnn.vocab import Vocab, encode_array, encode_in
 
 
 def test_vocabulary_is_sorted_code_points_and_round_trips_unicode():
@@ -37,6 +37,14 @@ def test_encoding_in_chunks_matches_encoding_at_once(monkeypatch, text):
     vocab, ids = encode_array(text)
     assert vocab == whole_vocab and torch.equal(ids, whole_ids)
     assert vocab.decode(ids.tolist()) == text
+
+
+def test_encoding_in_a_given_vocabulary_uses_its_ids_and_names_strangers():
+    vocab = Vocab("abcdé ")
+    ids, missing = encode_in(vocab, "dé cab")
+    assert missing == [] and ids.tolist() == vocab.encode("dé cab")
+    ids, missing = encode_in(vocab, "zabx✓")
+    assert missing == ["x", "z", "✓"] and len(ids) == 0
 
 
 def test_the_last_fraction_is_held_out():
