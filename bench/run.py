@@ -35,7 +35,7 @@ from charrnn.device import resolve_precision  # noqa: E402
 from charrnn.model import CharRNN  # noqa: E402
 from charrnn.rundir import RunDir  # noqa: E402
 from charrnn.sample import generate  # noqa: E402
-from charrnn.train import StepDone, train  # noqa: E402
+from charrnn.trainer import StepDone, train  # noqa: E402
 
 CORPUS = os.path.join(ROOT, "corpora", "tinyshakespeare.txt")
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}

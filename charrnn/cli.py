@@ -7,6 +7,7 @@ Every CharRNNError leaves through `_fail`: one `error: ...` line and its exit co
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -23,43 +24,149 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import __version__
-from .batches import min_train_chars
-from .checkpoint import check_resumable, load_checkpoint, model_from_checkpoint
+from . import __version__, api
+from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import (
     DEFAULT_EPOCHS,
-    RESUMABLE_OPTIONS,
+    MODELS,
+    PRECISIONS,
     ModelConfig,
     SampleConfig,
     TrainConfig,
-    parse_duration,
 )
-from .corpus import build_corpus, read_text
+from .corpus import read_text
 from .device import resolve_device
-from .errors import CharRNNError, UsageError
+from .errors import CharRNNError, CheckpointError, CorpusError, OutputError, UsageError
 from .rundir import RunDir
-from .sample import generate
-from .train import (
+from .trainer import (
     LN2,
     Evaluated,
     Notice,
     RunStarted,
     StepDone,
     StopRequest,
-    evaluate,
-    train,
 )
-from .vocab import Vocab, describe_chars, encode_in
+from .vocab import Vocab, describe_chars
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion, typer's own
     no_args_is_help=True,
     help="Character-level RNN / LSTM / GRU: train on any text, sample into a pipeline.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+class BestEffortStderr:
+    """sys.stderr (whichever it is at the moment, as tests swap it) for rich, except that a
+    write that fails (a full disk, a closed stream) turns our stderr output off instead of
+    raising: a run never dies because its progress cannot be written."""
+
+    def __init__(self) -> None:
+        self.failure: str | None = None
+
+    def _call(self, method: str, *args: Any) -> Any:
+        stream = sys.stderr
+        if self.failure is not None or stream is None:
+            return None
+        try:
+            return getattr(stream, method)(*args)
+        except (OSError, ValueError) as e:
+            self.failure = getattr(e, "strerror", None) or str(e)
+            _detach_stream(stream)
+            return None
+
+    def write(self, text: str) -> int:
+        self._call("write", text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def isatty(self) -> bool:
+        return bool(self._call("isatty"))
+
+    def fileno(self) -> int:
+        return sys.stderr.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(sys.stderr, "encoding", None) or "utf-8"
+
+
+def _detach_stream(stream: Any) -> None:
+    """Point a failed standard stream's descriptor at /dev/null, so the interpreter's final
+    flush of what it still buffers cannot fail again (which would change the exit status)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+stderr_stream = BestEffortStderr()
 # soft_wrap: a log line stays one line in a file or pipe (rich would cut it at 80 columns).
 # markup off: paths and corpus text may hold [brackets]; only our own labels are styled.
-err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+err = Console(file=stderr_stream, highlight=False, soft_wrap=True, markup=False)
+
+
+class Stdout:
+    """The command's data channel. A reader that went away (`| head`) ends the command
+    quietly with status 0; any other failure to write (a full disk, a closed stdout) is
+    an error line, never a traceback or a silent success."""
+
+    def __init__(self) -> None:
+        if sys.stdout is None:  # started with `>&-`
+            raise OutputError(
+                "stdout is closed, so the output would be lost: redirect it to a file or a "
+                "pipe (e.g. > out.txt)"
+            )
+        self.stream = sys.stdout
+
+    def write(self, text: str) -> None:
+        self._do(self.stream.write, text)
+
+    def flush(self) -> None:
+        self._do(self.stream.flush)
+
+    def print(self, text: str) -> None:
+        self.write(text + "\n")
+        self.flush()
+
+    def _do(self, call: Callable[..., Any], *args: Any) -> None:
+        try:
+            call(*args)
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as e:
+            _detach_stream(self.stream)
+            reason = getattr(e, "strerror", None) or str(e)
+            raise OutputError(
+                f"cannot write the output to stdout ({reason}): free some space or redirect "
+                "it elsewhere"
+            ) from None
+
+
+def _examples(*commands: str) -> str:
+    """A --help epilog: real commands, one per paragraph (typer keeps paragraphs)."""
+    return "Examples:\n\n" + "\n\n".join(f"  $ {c}" for c in commands)
+
+
+def _choices(names: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def complete(incomplete: str) -> list[str]:
+        return [n for n in names if n.startswith(incomplete)]
+
+    return complete
+
+
+DEVICE_METAVAR = "[auto|cpu|cuda|cuda:N|mps]"
+
+
+def _complete_device(incomplete: str) -> list[str]:
+    import torch  # already loaded by charrnn's modules; only counting GPUs here
+
+    names = ["auto", "cpu", "cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    return [n for n in [*names, "mps"] if n.startswith(incomplete)]
 
 
 def _default(cls: type, name: str) -> Any:
@@ -76,6 +183,16 @@ def _guarded(fn: Callable[[], Any]) -> Any:
         return fn()
     except CharRNNError as e:
         _fail(e)
+
+
+def _printing(fn: Callable[[], Any]) -> None:
+    """Run a command whose data goes to stdout: a closed pipe or Ctrl-C ends it quietly."""
+    try:
+        _guarded(fn)
+    except BrokenPipeError:
+        _quiet_exit(0)
+    except KeyboardInterrupt:
+        _quiet_exit(130)
 
 
 def _warn(message: str) -> None:
@@ -185,12 +302,18 @@ class Reporter:
             self.progress = None
 
 
+_signal_seen: list[str] = []  # the signal that ended a run before training began
+
+
 def _install_stop_handlers(stop: StopRequest) -> Callable[[], None]:
     """First SIGINT/SIGTERM: finish the step, save, exit. A second SIGINT: stop at once."""
     previous = {}
 
     def handler(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
+        if not stop.armed:  # still reading or checking: nothing to save, stop at once
+            _signal_seen[:] = [name]
+            raise KeyboardInterrupt
         if stop and signum == signal.SIGINT:
             raise KeyboardInterrupt
         stop.set(name)
@@ -205,50 +328,33 @@ def _install_stop_handlers(stop: StopRequest) -> Callable[[], None]:
     return restore
 
 
-_MODEL_OPTS = ("model", "hidden_size", "num_layers", "dropout")
-_TRAIN_OPTS = (
-    "batch_size",
-    "seq_len",
-    "val_fraction",
-    "lr",
-    "grad_clip",
-    "precision",
-    "random_seed",
-)
-
-
-def _resume_configs(ckpt: dict[str, Any], given: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
-    model_config = ModelConfig.from_dict(ckpt["model_config"])
-    old = TrainConfig.from_dict(ckpt.get("train_config", {}))
-    for name, value in given.items():
-        if value is None or name in RESUMABLE_OPTIONS:
-            continue
-        current = getattr(model_config, name, getattr(old, name, None))
-        if value != current:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(
-                f"{flag} cannot change on --resume (the run has {current!r}); only the limits, "
-                "--eval-every, --device and --quiet can: drop it, or start over with --force"
-            )
-    limits_given = any(given[k] is not None for k in ("max_steps", "epochs", "time_limit"))
-    changes = {k: given[k] for k in RESUMABLE_OPTIONS if given[k] is not None}
-    if limits_given:  # new limits replace the old ones as a set
-        for k in ("max_steps", "epochs", "time_limit"):
-            changes.setdefault(k, None)
-    return model_config, dataclasses.replace(old, **changes)
-
-
-def _opt(cls: type, name: str, help: str, *flags: str) -> Any:
-    """An option whose default is the dataclass field's: each default is defined once."""
+def _opt(cls: type, name: str, help: str, *flags: str, choices: tuple[str, ...] = ()) -> Any:
+    """An option whose default is the dataclass field's: each default is defined once.
+    With `choices`, --help lists them and the shell completes them (the config checks)."""
+    if choices:
+        return typer.Option(
+            _default(cls, name),
+            *flags,
+            help=help,
+            metavar="[" + "|".join(choices) + "]",
+            autocompletion=_choices(choices),
+        )
     return typer.Option(_default(cls, name), *flags, help=help)
 
 
-@app.command("train")
+@app.command(
+    "train",
+    epilog=_examples(
+        "charrnn train corpora/tinyshakespeare.txt --time-limit 5m",
+        "charrnn train poems.txt --model gru --hidden-size 512 --out poems/",
+        "charrnn train corpora/tinyshakespeare.txt --resume --time-limit 10m",
+    ),
+)
 def train_cmd(
     ctx: typer.Context,
     corpus: str = typer.Argument(..., help="UTF-8 text file to learn from, or - for stdin."),
     out: str = typer.Option("checkpoints", "--out", "-o", help="Folder for checkpoints."),
-    model: str = _opt(ModelConfig, "model", "lstm, rnn (tanh) or gru."),
+    model: str = _opt(ModelConfig, "model", "lstm, rnn (tanh) or gru.", choices=MODELS),
     hidden_size: int = _opt(ModelConfig, "hidden_size", "Units per layer."),
     num_layers: int = _opt(ModelConfig, "num_layers", "Stacked layers."),
     dropout: float = _opt(ModelConfig, "dropout", "Dropout between layers and before the output."),
@@ -262,7 +368,10 @@ def train_cmd(
         TrainConfig, "val_fraction", "Fraction held out for validation (the end of the text)."
     ),
     precision: str = _opt(
-        TrainConfig, "precision", "fp32, bf16 or auto (bf16 where the hardware makes it fast)."
+        TrainConfig,
+        "precision",
+        "fp32, bf16 or auto (bf16 where the hardware makes it fast).",
+        choices=PRECISIONS,
     ),
     max_steps: int = typer.Option(None, help="Stop after this many steps in all."),
     epochs: float = typer.Option(
@@ -271,10 +380,19 @@ def train_cmd(
     ),
     time_limit: str = typer.Option(None, help="Stop after this long, e.g. 90s, 5m, 1h."),
     eval_every: int = _opt(TrainConfig, "eval_every", "Steps between validations and saves."),
-    device: str = _opt(TrainConfig, "device", "auto, cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option(
+        _default(TrainConfig, "device"),
+        metavar=DEVICE_METAVAR,
+        autocompletion=_complete_device,
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.",
+    ),
     random_seed: int = _opt(TrainConfig, "random_seed", "Seed for initialisation and dropout."),
     encoding: str = typer.Option("utf-8", help="Text encoding of the corpus."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    init_from: str = typer.Option(
+        None,
+        help="Start a new run from this checkpoint's weights and model options (fine-tuning).",
+    ),
     force: bool = typer.Option(False, "--force", help="Start over in an --out that has a run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -286,76 +404,58 @@ def train_cmd(
         if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")
     }
     given = {
-        name: (value if name in typed else None)
+        name: value
         for name, value in ctx.params.items()
-        if name in _MODEL_OPTS + _TRAIN_OPTS + RESUMABLE_OPTIONS
+        if name in typed and name in api.MODEL_OPTIONS + api.TRAIN_OPTIONS
     }
-    given["time_limit"] = None
     try:
-        _guarded(lambda: _train(corpus, out, given, time_limit, encoding, resume, force, quiet))
-    except KeyboardInterrupt:  # a second Ctrl-C (or one before training began)
+        _guarded(lambda: _train(corpus, out, given, encoding, resume, force, init_from, quiet))
+    except KeyboardInterrupt:  # a second Ctrl-C, or a signal before training began
         last = RunDir(out).last
         saved = f"{last} holds the last save" if os.path.exists(last) else "nothing was saved"
         err.print(f"stopped at once; {saved}")
-        raise typer.Exit(code=130) from None
+        raise typer.Exit(code=143 if _signal_seen == ["SIGTERM"] else 130) from None
 
 
 def _train(
     corpus_path: str,
     out: str,
     given: dict[str, Any],
-    time_limit: str | None,
     encoding: str,
     resume: bool,
     force: bool,
+    init_from: str | None,
     quiet: bool,
 ) -> None:
-    if resume and force:
-        raise UsageError("--resume and --force contradict each other: choose one")
-    if time_limit is not None:
-        given["time_limit"] = parse_duration(time_limit)
-    if not resume:  # validate options before touching the disk
-        model_kw = {k: given[k] for k in _MODEL_OPTS if given[k] is not None}
-        train_kw = {k: v for k, v in given.items() if k not in _MODEL_OPTS and v is not None}
-        train_config = TrainConfig(**train_kw)
-        ModelConfig(**model_kw, vocab_size=2)
-    resolve_device(given["device"] or _default(TrainConfig, "device"))
-
-    run_dir = RunDir(out)
-    run_dir.prepare(resume=resume, force=force)
-    run_dir.lock()
+    stop = StopRequest()
+    reporter = Reporter(quiet)
+    restore = _install_stop_handlers(stop)
     try:
-        ckpt = None
-        if resume:
-            ckpt = load_checkpoint(run_dir.last)
-            check_resumable(ckpt, run_dir.last)
-            model_config, train_config = _resume_configs(ckpt, given)
-        text = read_text(corpus_path, encoding)
-        for w in text.warnings:
-            _warn(w)
-        data = build_corpus(
-            text,
-            train_config.val_fraction,
-            min_train_chars(train_config.batch_size, train_config.seq_len),
-            vocab=Vocab.from_list(ckpt["vocab"]) if ckpt else None,
+        result = api.train(
+            corpus_path,
+            out,
+            resume=resume,
+            force=force,
+            init_from=init_from,
+            encoding=encoding,
+            on_event=reporter,
+            stop=stop,
+            **given,
         )
-        if not resume:
-            model_config = ModelConfig(**model_kw, vocab_size=len(data.vocab))
-        stop = StopRequest()
-        reporter = Reporter(quiet)
-        restore = _install_stop_handlers(stop)
-        try:
-            result = train(model_config, train_config, data, run_dir, reporter, ckpt, stop)
-        finally:
-            reporter.stop_live()
-            restore()
     finally:
-        run_dir.release()
+        reporter.stop_live()
+        restore()
 
+    if result.stop_reason == "already_done":
+        err.print(
+            f"nothing to do: the run in {out} is at step {result.step}, its limit; nothing was "
+            "changed. To train further, give a higher --max-steps or --epochs, or a --time-limit"
+        )
+        return
     if result.stop_reason in ("SIGINT", "SIGTERM"):
         again = shlex.join(["charrnn", "train", corpus_path, "--out", out, "--resume"])
         err.print(
-            f"stopped by {result.stop_reason} at step {result.step}; saved {run_dir.last}. "
+            f"stopped by {result.stop_reason} at step {result.step}; saved {result.last_path}. "
             f"Continue with: {again}"
         )
         raise typer.Exit(code=130 if result.stop_reason == "SIGINT" else 143)
@@ -372,7 +472,14 @@ def _train(
 # ------------------------------------------------------------------------ sample
 
 
-@app.command("sample")
+@app.command(
+    "sample",
+    epilog=_examples(
+        'charrnn sample -c checkpoints/best.pt --seed "ROMEO:" --length 300',
+        "charrnn sample --length 0 --temperature 0.6 | head -c 100000 > more.txt",
+        "cat prompt.txt | charrnn sample --seed-file - --stop-at '\\n\\n'",
+    ),
+)
 def sample_cmd(
     checkpoint: str = typer.Option("checkpoints/best.pt", "--checkpoint", "-c"),
     seed: str = typer.Option(
@@ -381,8 +488,14 @@ def sample_cmd(
         "-s",
         help="Text to start from, printed first (default: the training text's first character).",
     ),
+    seed_file: str = typer.Option(
+        None, help="Read the seed from this file (- for stdin): a long prompt, printed first."
+    ),
     length: int = typer.Option(
-        _default(SampleConfig, "length"), "--length", "-n", help="Characters after the seed."
+        _default(SampleConfig, "length"),
+        "--length",
+        "-n",
+        help="Characters after the seed; 0 streams without end (until the reader stops).",
     ),
     temperature: float = typer.Option(
         _default(SampleConfig, "temperature"),
@@ -394,6 +507,9 @@ def sample_cmd(
     top_p: float = typer.Option(
         None, help="Draw only from the smallest set of characters with this much probability."
     ),
+    stop_at: str = typer.Option(
+        None, help="End each sample right after generating this text (escapes like \\n work)."
+    ),
     num_samples: int = typer.Option(
         _default(SampleConfig, "num_samples"), help="Independent samples, generated together."
     ),
@@ -402,31 +518,52 @@ def sample_cmd(
     ),
     random_seed: int = typer.Option(None, help="Seed for a repeatable sample."),
     device: str = typer.Option(
-        "cpu", help="cpu (fastest for sampling; see README), cuda, cuda:N, mps or auto."
+        "cpu",
+        metavar=DEVICE_METAVAR,
+        autocompletion=_complete_device,
+        help="cpu (fastest for sampling; see README), cuda, cuda:N, mps or auto.",
     ),
 ) -> None:
     """Generate text from a checkpoint and stream it to stdout."""
-    try:
-        _guarded(
-            lambda: _sample(
-                checkpoint,
-                seed,
-                separator,
-                device,
-                SampleConfig(
-                    length=length,
-                    temperature=temperature,
-                    top_k=top_k,
-                    top_p=top_p,
-                    num_samples=num_samples,
-                    random_seed=random_seed,
-                ),
-            )
+    _printing(
+        lambda: _sample(
+            checkpoint,
+            seed,
+            seed_file,
+            separator,
+            device,
+            SampleConfig(
+                length=length,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                num_samples=num_samples,
+                random_seed=random_seed,
+                stop_at=None if stop_at is None else _unescape(stop_at, "--stop-at"),
+            ),
         )
-    except BrokenPipeError:
-        _quiet_exit(0)
-    except KeyboardInterrupt:
-        _quiet_exit(130)
+    )
+
+
+def _unescape(typed: str, flag: str) -> str:
+    """Backslash escapes (\\n, \\t, \\u2014) become their characters; every other character
+    stays exactly as typed, '—' and 'é' included."""
+    # latin-1 + backslashreplace turns the non-latin-1 characters into \\uXXXX escapes, which
+    # unicode_escape (it reads its bytes as latin-1) turns back: nothing is double-decoded.
+    try:
+        text = typed.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError:
+        raise UsageError(
+            f"{flag} {typed!r} has a broken backslash escape: write \\n, \\t or \\\\"
+        ) from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"{flag} {typed!r} holds a lone surrogate (half of a UTF-16 pair), which "
+            "cannot be printed: give a real character"
+        ) from None
+    return text
 
 
 def _quiet_exit(code: int) -> NoReturn:
@@ -441,26 +578,26 @@ def _quiet_exit(code: int) -> NoReturn:
 
 
 def _sample(
-    checkpoint: str, seed: str | None, separator: str, device_name: str, config: SampleConfig
+    checkpoint: str,
+    seed: str | None,
+    seed_file: str | None,
+    separator: str,
+    device_name: str,
+    config: SampleConfig,
 ) -> None:
-    device = resolve_device(device_name)
-    if device_name == "auto":
-        device = resolve_device("cpu")  # measured faster for one-at-a-time sampling
-    ckpt = load_checkpoint(checkpoint)
-    model, vocab = model_from_checkpoint(ckpt, checkpoint)
-    if seed is None:
-        seed = (ckpt.get("corpus") or {}).get("first_char") or vocab.chars[0]
-    try:
-        separator = separator.encode("utf-8").decode("unicode_escape")
-    except UnicodeDecodeError:
-        raise UsageError(
-            f"--separator {separator!r} has a broken backslash escape: write \\n, \\t or \\\\"
-        ) from None
-    out = sys.stdout
+    if seed is not None and seed_file is not None:
+        raise UsageError("--seed and --seed-file both give the seed: choose one")
+    device = "cpu" if device_name == "auto" else device_name  # README: the CPU samples fastest
+    resolve_device(device)
+    separator = _unescape(separator, "--separator")
+    out = Stdout()
+    model = api.load(checkpoint, device)
+    if seed_file is not None:
+        seed = _read_seed(seed_file, model.vocab)
     current = 0
     unflushed = 0
     last_flush = time.monotonic()
-    for index, text in generate(model, vocab, seed, config, device):
+    for index, text in model.generate(config, seed):
         if index != current:
             out.write(separator)
             current = index
@@ -476,65 +613,103 @@ def _sample(
     out.flush()
 
 
+def _read_seed(path: str, vocab: Vocab) -> str:
+    """The whole text of a --seed-file (or of stdin for -) is the seed; every character must
+    be in the vocabulary, since the model has no input for any other."""
+    name = "<stdin>" if path == "-" else path
+    try:
+        if path == "-":
+            if sys.stdin is None:
+                raise CorpusError("--seed-file -: stdin is closed; pipe the seed text in")
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise CorpusError(f"cannot read --seed-file {name!r} ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark is not part of the seed
+    except UnicodeDecodeError as e:
+        raise CorpusError(
+            f"--seed-file {name} is not valid UTF-8 (byte offset {e.start}): save it as UTF-8"
+        ) from None
+    if not text:
+        raise CorpusError(f"--seed-file {name} is empty: give it the text to start from")
+    missing = vocab.missing(text)
+    if missing:
+        raise CorpusError(
+            f"--seed-file {name} has characters the model never saw: {describe_chars(missing)}; "
+            "remove them, or use a model trained on text that has them"
+        )
+    return text
+
+
 # -------------------------------------------------------------------- eval, info
 
 
-@app.command("eval")
+@app.command(
+    "eval",
+    epilog=_examples(
+        "tail -c 111539 corpora/tinyshakespeare.txt > held_out.txt",
+        "charrnn eval --checkpoint checkpoints/best.pt held_out.txt",
+        "charrnn sample -n 5000 | charrnn eval - --json",
+    ),
+)
 def eval_cmd(
     file: str = typer.Argument(..., help="Text to score, or - for stdin."),
     checkpoint: str = typer.Option("checkpoints/best.pt", "--checkpoint", "-c"),
     encoding: str = typer.Option("utf-8", help="Text encoding of FILE."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option(
+        "auto",
+        metavar=DEVICE_METAVAR,
+        autocompletion=_complete_device,
+        help="auto, cpu, cuda, cuda:N or mps.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Score a text: mean loss per character, in nats and bits."""
-    _guarded(lambda: _eval(file, checkpoint, encoding, device, as_json))
+    _printing(lambda: _eval(file, checkpoint, encoding, device, as_json))
 
 
 def _eval(file: str, checkpoint: str, encoding: str, device_name: str, as_json: bool) -> None:
-    device = resolve_device(device_name)
-    ckpt = load_checkpoint(checkpoint)
-    model, vocab = model_from_checkpoint(ckpt, checkpoint)
+    resolve_device(device_name)
+    out = Stdout()
+    model = api.load(checkpoint, device_name)
     text = read_text(file, encoding)
     for w in text.warnings:
         _warn(w)
-    ids, missing = encode_in(vocab, text.text)
-    if missing:
-        raise UsageError(
-            f"{text.name} has characters the model never saw: {describe_chars(missing)}; "
-            "it can only score text made of its vocabulary"
-        )
-    if len(ids) < 2:
-        raise UsageError(f"{text.name} needs at least 2 characters to score")
-    model.to(device)
-    loss = evaluate(model, ids, device)
+    loss = model.score(text.text, name=text.name)
     result = {
         "checkpoint": checkpoint,
         "file": text.name,
         "num_chars": len(text.text),
-        "num_predicted": len(ids) - 1,  # every character but the first
+        "num_predicted": len(text.text) - 1,  # every character but the first
         "loss_nats": loss,
         "bits_per_char": loss / LN2,
     }
     if as_json:
-        typer.echo(json.dumps(result))
+        out.print(json.dumps(result))
     else:
-        typer.echo(
+        out.print(
             f"{loss:.4f} nats/char ({loss / LN2:.4f} bits/char) over {result['num_predicted']:,} "
             f"predicted characters of {text.name}"
         )
 
 
-@app.command("info")
+@app.command(
+    "info",
+    epilog=_examples("charrnn info checkpoints/best.pt", "charrnn info run/last.pt --json"),
+)
 def info_cmd(
     checkpoint: str = typer.Argument("checkpoints/best.pt", help="A checkpoint file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Describe a checkpoint: model, size, vocabulary, training options and progress."""
-    _guarded(lambda: _info(checkpoint, as_json))
+    _printing(lambda: _info(checkpoint, as_json))
 
 
 def _info(path: str, as_json: bool) -> None:
+    out = Stdout()
     ckpt = load_checkpoint(path)
     model, vocab = model_from_checkpoint(ckpt, path)
     best = ckpt.get("best_val_loss")
@@ -543,7 +718,7 @@ def _info(path: str, as_json: bool) -> None:
         "checkpoint": path,
         "format_version": ckpt["version"],
         "charrnn_version": ckpt.get("charrnn_version"),
-        "model": ckpt["model_config"],
+        "model": model.config.to_dict(),
         "num_params": model.num_params(),
         "vocab_size": len(vocab),
         "vocab": "".join(vocab.chars),
@@ -554,9 +729,16 @@ def _info(path: str, as_json: bool) -> None:
         "best_val_bpc": best / LN2 if best is not None else None,
         "last_val_loss": history[-1]["val_loss"] if history else None,
         "corpus": {k: v for k, v in (ckpt.get("corpus") or {}).items() if k != "first_char"},
+        "lineage": ckpt.get("lineage") or [],
     }
     if as_json:
-        typer.echo(json.dumps(info, indent=2))
+        try:
+            text = json.dumps(info, indent=2, allow_nan=False)  # bare NaN is not JSON
+        except ValueError:
+            raise CheckpointError(
+                f"checkpoint {path!r} is damaged (its options hold a NaN or infinite number)"
+            ) from None
+        out.print(text)
         return
     m = info["model"]
     lines = [
@@ -570,8 +752,21 @@ def _info(path: str, as_json: bool) -> None:
         + (f"{best:.4f} nats/char ({best / LN2:.4f} bits/char)" if best is not None else "-"),
         "options      " + ", ".join(f"{k}={v}" for k, v in (info["train_config"] or {}).items()),
     ]
-    typer.echo("\n".join(lines))
+    for entry in info["lineage"]:
+        added = entry.get("added_chars") or ""
+        lines.append(
+            f"started from {entry['init_from']} (step {entry.get('step')}, trained on "
+            f"{entry.get('corpus') or '?'}); added {len(added)} character(s)"
+            + (f": {describe_chars(list(added))}" if added else "")
+        )
+    out.print("\n".join(lines))
 
 
 def main() -> None:
+    # Generated text may hold any character: write UTF-8 whatever the locale says
+    # (PYTHONIOENCODING=ascii would otherwise crash on the first emoji).
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(OSError, ValueError):
+                stream.reconfigure(encoding="utf-8")
     app()

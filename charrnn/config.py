@@ -17,9 +17,33 @@ MODELS = ("lstm", "rnn", "gru")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def _field(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
 def _positive(name: str, value: int | float) -> None:
     if value is None or not math.isfinite(value) or value <= 0:
-        raise UsageError(f"{name} must be a finite number greater than 0 (got {value})")
+        raise UsageError(
+            f"{name} must be a finite number greater than 0 (got {value})", _field(name)
+        )
+
+
+def _bad(flag: str, message: str) -> UsageError:
+    return UsageError(message, _field(flag))
+
+
+# Seeds: torch.manual_seed takes any integer in [-2**63, 2**64); numpy's generators only
+# non-negative ones. Each command documents and checks the range it can honour.
+TRAIN_SEED_RANGE = (-(2**63), 2**64 - 1)
+SAMPLE_SEED_RANGE = (0, 2**64 - 1)
+
+
+def _check_seed(value: int | None, bounds: tuple[int, int]) -> None:
+    low, high = bounds
+    if value is not None and not low <= value <= high:
+        raise _bad(
+            "--random-seed", f"--random-seed must be an integer from {low} to {high} (got {value})"
+        )
 
 
 @dataclass(frozen=True)
@@ -32,13 +56,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
-            raise UsageError(f"unknown --model {self.model!r}: choose one of {', '.join(MODELS)}")
+            raise _bad(
+                "--model", f"unknown --model {self.model!r}: choose one of {', '.join(MODELS)}"
+            )
         _positive("--hidden-size", self.hidden_size)
         _positive("--num-layers", self.num_layers)
         if not 0.0 <= self.dropout < 1.0:
-            raise UsageError(f"--dropout must be in [0, 1) (got {self.dropout})")
+            raise _bad("--dropout", f"--dropout must be in [0, 1) (got {self.dropout})")
         if self.vocab_size < 0:
-            raise UsageError(f"vocab_size must not be negative (got {self.vocab_size})")
+            raise _bad("vocab_size", f"vocab_size must not be negative (got {self.vocab_size})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -75,19 +101,25 @@ class TrainConfig:
         _positive("--lr", self.lr)
         _positive("--eval-every", self.eval_every)
         if not 0.0 < self.val_fraction < 1.0:  # also refuses nan
-            raise UsageError(f"--val-fraction must be between 0 and 1 (got {self.val_fraction})")
+            raise _bad(
+                "--val-fraction",
+                f"--val-fraction must be between 0 and 1 (got {self.val_fraction})",
+            )
         if not math.isfinite(self.grad_clip) or self.grad_clip < 0:
-            raise UsageError(
-                f"--grad-clip must be >= 0; 0 turns clipping off (got {self.grad_clip})"
+            raise _bad(
+                "--grad-clip",
+                f"--grad-clip must be >= 0; 0 turns clipping off (got {self.grad_clip})",
             )
         if not 0.0 <= self.lr_min_ratio <= 1.0:
-            raise UsageError(f"lr_min_ratio must be in [0, 1] (got {self.lr_min_ratio})")
+            raise _bad("lr_min_ratio", f"lr_min_ratio must be in [0, 1] (got {self.lr_min_ratio})")
         if self.warmup_steps < 0:
-            raise UsageError(f"warmup_steps must be >= 0 (got {self.warmup_steps})")
+            raise _bad("warmup_steps", f"warmup_steps must be >= 0 (got {self.warmup_steps})")
         if self.precision not in PRECISIONS:
-            raise UsageError(
-                f"unknown --precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
+            raise _bad(
+                "--precision",
+                f"unknown --precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}",
             )
+        _check_seed(self.random_seed, TRAIN_SEED_RANGE)
         for name in ("max_steps", "epochs", "time_limit"):
             value = getattr(self, name)
             if value is not None:
@@ -104,29 +136,65 @@ class TrainConfig:
 # With no --max-steps, --epochs or --time-limit a run stops after this many epochs.
 DEFAULT_EPOCHS = 10.0
 
+# The limits: whichever comes first ends a run; given on --resume, they replace the old set.
+LIMIT_OPTIONS = ("max_steps", "epochs", "time_limit")
 # The only options a resumed run may change; everything else comes from the checkpoint.
-RESUMABLE_OPTIONS = ("max_steps", "epochs", "time_limit", "eval_every", "device")
+RESUMABLE_OPTIONS = (*LIMIT_OPTIONS, "eval_every", "device")
+
+
+# Bounds that keep `sample` from promising what it cannot do: a length no run will reach
+# (a trillion characters), and what may be held for the samples printed after the first.
+MAX_SAMPLE_LENGTH = 10**12
+MAX_NUM_SAMPLES = 65536
+MAX_HELD_CHARS = 2 * 10**8
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    length: int = 500  # characters generated after the seed
+    length: int = 500  # characters generated after the seed; 0 = no end (one sample only)
     temperature: float = 0.8  # logits are divided by this; 0 = always the most likely char
     top_k: int | None = None  # keep only the k most likely characters
     top_p: float | None = None  # keep the smallest set whose probability reaches p
     num_samples: int = 1
     random_seed: int | None = None  # None: a fresh sample each time
+    stop_at: str | None = None  # end each sample right after it generates this text
 
     def __post_init__(self) -> None:
-        if self.length < 0:
-            raise UsageError(f"--length must be >= 0 (got {self.length})")
+        if not 0 <= self.length <= MAX_SAMPLE_LENGTH:
+            raise _bad(
+                "--length", f"--length must be from 0 to {MAX_SAMPLE_LENGTH:,} (got {self.length})"
+            )
         if self.temperature < 0 or math.isnan(self.temperature):
-            raise UsageError(f"--temperature must be >= 0 (got {self.temperature})")
+            raise _bad("--temperature", f"--temperature must be >= 0 (got {self.temperature})")
         if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"--top-k must be at least 1 (got {self.top_k})")
+            raise _bad("--top-k", f"--top-k must be at least 1 (got {self.top_k})")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise UsageError(f"--top-p must be in (0, 1] (got {self.top_p})")
+            raise _bad("--top-p", f"--top-p must be in (0, 1] (got {self.top_p})")
         _positive("--num-samples", self.num_samples)
+        if self.num_samples > MAX_NUM_SAMPLES:
+            raise _bad(
+                "--num-samples",
+                f"--num-samples must be at most {MAX_NUM_SAMPLES:,} (got {self.num_samples}); "
+                "run the command several times for more",
+            )
+        held = (self.num_samples - 1) * self.length
+        if held > MAX_HELD_CHARS:
+            # Sample 0 streams; the others are held until it ends (see sample.generate).
+            raise _bad(
+                "--num-samples",
+                f"--num-samples {self.num_samples} x --length {self.length:,} would hold "
+                f"{held:,} characters in memory (at most {MAX_HELD_CHARS:,}): lower either, "
+                "or run one sample at a time",
+            )
+        _check_seed(self.random_seed, SAMPLE_SEED_RANGE)
+        if self.length == 0 and self.num_samples > 1:
+            raise _bad(
+                "--num-samples",
+                "--length 0 streams one sample without end, so the others would never print: "
+                "drop --num-samples, or give a --length",
+            )
+        if self.stop_at is not None and not self.stop_at:
+            raise _bad("--stop-at", "--stop-at must not be empty: give the text to stop at")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
@@ -137,11 +205,12 @@ def parse_duration(text: str) -> float:
     """'90s' / '5m' / '1.5h' / '120' (seconds) -> seconds."""
     match = _DURATION.match(text)
     if not match:
-        raise UsageError(
+        raise _bad(
+            "--time-limit",
             f"--time-limit {text!r} is not a duration: write e.g. 90s, 5m or 1h "
-            "(a bare number is seconds)"
+            "(a bare number is seconds)",
         )
     seconds = float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
     if seconds <= 0:
-        raise UsageError(f"--time-limit must be greater than 0 (got {text!r})")
+        raise _bad("--time-limit", f"--time-limit must be greater than 0 (got {text!r})")
     return seconds

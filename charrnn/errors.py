@@ -11,9 +11,17 @@ class CharRNNError(Exception):
 
 
 class UsageError(CharRNNError):
-    """A bad option value (exit 2, like a command-line parse error)."""
+    """A bad option value (exit 2, like a command-line parse error).
+
+    `field` names the config field the value belongs to, so a value read from a checkpoint
+    can be reported as damage to that checkpoint rather than as an option the user typed.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class CorpusError(CharRNNError):

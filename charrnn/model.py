@@ -65,6 +65,36 @@ class CharRNN(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # rows of W_ih / W_hh per hidden unit
+# The tensors with one slice per character, and which axis: W_xh's columns (x_t is
+# one-hot), W_hy's rows and b_y. Growing the vocabulary (--init-from) grows these.
+VOCAB_AXES = {"rnn.weight_ih_l0": 1, "head.weight": 0, "head.bias": 0}
+
+
+def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The state_dict CharRNN(config) has, name -> shape, without building it (so a
+    checkpoint's claims can be checked against its weights before anything is allocated)."""
+    gh, h, v = GATES[config.model] * config.hidden_size, config.hidden_size, config.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {}
+    for k in range(config.num_layers):
+        shapes[f"rnn.weight_ih_l{k}"] = (gh, v if k == 0 else h)
+        shapes[f"rnn.weight_hh_l{k}"] = (gh, h)
+        shapes[f"rnn.bias_ih_l{k}"] = (gh,)
+        shapes[f"rnn.bias_hh_l{k}"] = (gh,)
+    shapes["head.weight"] = (v, h)
+    shapes["head.bias"] = (v,)
+    return shapes
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """len of all parameters of CharRNN(config), in O(1): W_ih, W_hh and two biases per
+    layer (the first layer's W_ih is V wide, the others H), and the output layer."""
+    gh, h, v = GATES[config.model] * config.hidden_size, config.hidden_size, config.vocab_size
+    first = gh * (v + h + 2)
+    upper = (config.num_layers - 1) * gh * (2 * h + 2)
+    return first + upper + v * (h + 1)
+
+
 def detach_hidden(hidden: Hidden) -> Hidden:
     """Cut the graph at a window boundary. Without this, backward would run through every
     window since the start of the epoch: memory and time would grow with each step."""

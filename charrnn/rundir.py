@@ -24,7 +24,7 @@ class RunDir:
     def __init__(self, path: str):
         self.path = path
         self._lock_file = None
-        self._metrics_fresh = False
+        self._fresh = False  # a new run whose first write must clear the previous run's files
 
     @property
     def last(self) -> str:
@@ -43,6 +43,11 @@ class RunDir:
 
     def prepare(self, resume: bool, force: bool) -> None:
         """Create the folder if needed, check it is writable, and refuse to overwrite a run."""
+        if os.path.islink(self.path) and not os.path.exists(self.path):
+            raise OutputError(
+                f"--out {self.path!r} is a symbolic link to {os.readlink(self.path)!r}, which does "
+                "not exist: create that folder, or choose another --out"
+            )
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise OutputError(f"--out {self.path!r} is a file, not a folder: choose another --out")
         try:
@@ -60,6 +65,7 @@ class RunDir:
             raise OutputError(
                 f"cannot write to --out {self.path!r} ({e.strerror or e}): choose a writable folder"
             ) from None
+        self._check_files()
         if resume:
             if not os.path.exists(self.last):
                 raise OutputError(
@@ -70,28 +76,60 @@ class RunDir:
                 f"--out {self.path!r} already holds a run; add --resume to continue it "
                 "or --force to start over (its checkpoints are replaced at the first save)"
             )
-        self._metrics_fresh = not resume
+        self._fresh = not resume
+
+    def _check_files(self) -> None:
+        """Each file a run will write must be writable now, not at the first evaluation an
+        hour in: a directory or an immutable file in the way is found here."""
+        for path in (self.last, self.best, self.metrics):
+            if not os.path.exists(path) or os.path.islink(path):
+                continue  # a save replaces a link itself, wherever it points
+            if os.path.isdir(path):
+                raise OutputError(
+                    f"{path} is a directory, but the run writes a file there: move it away "
+                    "or choose another --out"
+                )
+            try:
+                # Appending nothing changes nothing, but fails as a write would (read-only,
+                # immutable).
+                with open(path, "ab"):
+                    pass
+            except OSError as e:
+                raise OutputError(
+                    f"cannot write {path} ({e.strerror or e}): fix its permissions or choose "
+                    "another --out"
+                ) from None
 
     def lock(self) -> None:
         """Hold an exclusive lock on the folder for this process's lifetime, so two runs
-        never write over each other's checkpoints."""
+        never write over each other's checkpoints. The lock file goes again on release:
+        a finished or failed run leaves no `.lock` behind."""
         path = os.path.join(self.path, LOCK)
-        f = open(path, "a+")  # noqa: SIM115 - held open until release()
         try:
             import fcntl
         except ImportError:  # Windows: no advisory locks; run without one
-            self._lock_file = f
             return
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
+        while True:
+            f = open(path, "a+")  # noqa: SIM115 - held open until release()
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                raise OutputError(
+                    f"another charrnn train ({holder}) is writing to --out {self.path!r}: "
+                    "wait for it to finish or choose another --out"
+                ) from None
+            # The holder we waited on may have removed the file between our open and our
+            # lock: then we hold a lock on a file nobody else will see. Try again.
+            try:
+                same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             f.close()
-            raise OutputError(
-                f"another charrnn train ({holder}) is writing to --out {self.path!r}: "
-                "wait for it to finish or choose another --out"
-            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()}")
@@ -100,14 +138,27 @@ class RunDir:
 
     def release(self) -> None:
         if self._lock_file is not None:
+            # Unlink while still holding the lock, so no one can lock this file meanwhile.
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.path, LOCK))
             with contextlib.suppress(OSError):
                 self._lock_file.close()
             self._lock_file = None
 
+    def clear_previous_run(self) -> None:
+        """Called by a new run (not a resume) just before its first file lands: the files of
+        the run it replaces (--force) go, all of them, so the folder never holds two runs'
+        files: a best.pt or metrics.jsonl left from the old run would be taken for the new
+        one's. Until then the old run is intact, so a run that fails early loses nothing."""
+        if not self._fresh:
+            return
+        for path in (self.best, self.metrics, self.last):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._fresh = False
+
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """One JSON line per evaluation. A new run (not a resume) starts the file afresh at
-        its first write, so --force never mixes two runs' lines."""
-        mode = "w" if self._metrics_fresh else "a"
-        self._metrics_fresh = False
-        with open(self.metrics, mode) as f:
+        """One JSON line per evaluation."""
+        self.clear_previous_run()
+        with open(self.metrics, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -21,7 +21,7 @@ import torch
 from .config import SampleConfig
 from .errors import UsageError
 from .model import CharRNN, Hidden
-from .vocab import Vocab, describe_chars
+from .vocab import Vocab, describe_chars, numpy_id_dtype
 
 
 class NumpyStepper:
@@ -86,6 +86,18 @@ class NumpyStepper:
         ]
         self.c = np.zeros((self.num_layers, s, h), np.float32) if self.kind == "lstm" else None
 
+    def load_hidden(self, hidden: Hidden) -> None:
+        """Start every stream from `hidden`, the model's state of one stream (batch size 1):
+        h (and c) of each layer, (L, 1, H)."""
+        parts = hidden if isinstance(hidden, tuple) else (hidden,)
+        h = parts[0][:, 0].float().cpu().numpy()  # (L, H)
+        for k in range(self.num_layers):
+            self.state(k)[...] = h[k]
+            if k + 1 < self.num_layers:  # the input the layer above saw last
+                self.xh[k + 1][:, : self.hidden_size] = h[k]
+        if self.kind == "lstm":
+            self.c[...] = parts[1][:, 0].float().cpu().numpy()[:, None, :]
+
     def state(self, layer: int) -> np.ndarray:
         """h of `layer`, (S, H) (a view)."""
         return self.xh[layer][:, -self.hidden_size :]
@@ -145,6 +157,12 @@ class TorchStepper:
     def reset(self) -> None:
         self.hidden = None
 
+    def load_hidden(self, hidden: Hidden) -> None:
+        """Start every stream from `hidden`, the state of one stream (batch size 1)."""
+        parts = hidden if isinstance(hidden, tuple) else (hidden,)
+        expanded = [p.expand(-1, self.num_streams, -1).contiguous() for p in parts]
+        self.hidden = tuple(expanded) if len(expanded) == 2 else expanded[0]
+
     @torch.inference_mode()
     def step(self, ids: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(self.device)[:, None]  # (S, 1)
@@ -160,6 +178,12 @@ def make_stepper(
     return TorchStepper(model, num_streams, device)
 
 
+UNIFORM_BLOCK = 1024
+# Below this, logits / T overflow float32 (or the draw is argmax in all but exact ties
+# anyway): such a temperature means 0.
+MIN_TEMPERATURE = 1e-30
+
+
 def draw(
     logits: np.ndarray,
     temperature: float,
@@ -172,7 +196,7 @@ def draw(
 
     `uniform` (S,) holds one number in [0, 1) per row: the draw's only randomness.
     """
-    if temperature == 0:
+    if temperature < MIN_TEMPERATURE:  # 0, or so small that 1/T would overflow: argmax
         return logits.argmax(axis=1)
     z = logits * np.float32(1.0 / temperature)  # (S, V)
     vocab_size = z.shape[1]
@@ -195,9 +219,6 @@ def draw(
     return np.minimum(ids, vocab_size - 1)
 
 
-UNIFORM_BLOCK = 1024
-
-
 def check_seed(seed: str, vocab: Vocab) -> list[int]:
     if not seed:
         raise UsageError("--seed must not be empty: give at least one character to start from")
@@ -208,6 +229,33 @@ def check_seed(seed: str, vocab: Vocab) -> list[int]:
             "use characters from the training text (`charrnn info` lists them)"
         )
     return [vocab.index[c] for c in seed]
+
+
+# Seeds longer than this are fed through the model in one batched pass (torch's fused
+# kernels), not one character at a time: a paragraph-long prompt costs milliseconds.
+FAST_SEED = 256
+SEED_CHUNK = 4096
+
+
+def feed_seed(
+    model: CharRNN, stepper: NumpyStepper | TorchStepper, seed_ids: list[int], fast: bool = True
+) -> np.ndarray:
+    """Run the seed through the model; returns the logits (S, V) for the first drawn
+    character. Every stream gets the same state: the one the whole seed leaves."""
+    num = stepper.num_streams
+    if fast and len(seed_ids) > FAST_SEED:
+        ids = torch.tensor(seed_ids[:-1], dtype=torch.long)[None]  # (1, T)
+        hidden = None
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            for start in range(0, ids.shape[1], SEED_CHUNK):
+                _, hidden = model(ids[:, start : start + SEED_CHUNK].to(device), hidden)
+        stepper.load_hidden(hidden)
+        return stepper.step(np.full(num, seed_ids[-1], dtype=np.int64))
+    logits = None
+    for i in seed_ids:
+        logits = stepper.step(np.full(num, i, dtype=np.int64))
+    return logits
 
 
 def generate(
@@ -223,6 +271,8 @@ def generate(
     character); sample 0 is yielded character by character as it is generated, the others
     whole once they are done. Each sample starts with the seed. The hidden state carries
     through the whole sample: the seed's characters first, then each drawn character.
+    `config.length` 0 means no end (one sample only); with `config.stop_at`, a sample ends
+    right after that text appears in what it generated.
     """
     seed_ids = check_seed(seed, vocab)
     device = device or torch.device("cpu")
@@ -230,20 +280,50 @@ def generate(
     stepper = make_stepper(model, num, device)
     rng = np.random.default_rng(config.random_seed)
     chars = vocab.chars
+    stop = config.stop_at or ""
     yield 0, seed
-    logits = None
-    for i in seed_ids:
-        logits = stepper.step(np.full(num, i, dtype=np.int64))
-    drawn = np.empty((num, config.length), dtype=np.int64)
-    for t in range(config.length):
+    logits = feed_seed(model, stepper, seed_ids)
+    # Sample 0 streams out as it is drawn; only the others wait, in the vocabulary's compact
+    # id type.
+    held = np.empty((num - 1, config.length), dtype=numpy_id_dtype(len(chars)))
+    found = np.zeros(num - 1, dtype=bool)  # held samples whose text holds `stop`
+    searched = 0  # held columns already searched for `stop`
+    recent = ""  # the end of sample 0, as long as `stop`
+    streaming = True  # sample 0 still going
+    t = 0
+    while config.length == 0 or t < config.length:
         if t % UNIFORM_BLOCK == 0:  # one call to the generator per block, not per character
+            if stop and not streaming and found.all():
+                break  # every sample has ended at its stop text
+            if stop and num > 1 and t > searched:
+                found |= _holds(held, searched, t, stop, chars)
+                searched = t
             uniforms = rng.random((UNIFORM_BLOCK, num))
         ids = draw(
             logits, config.temperature, config.top_k, config.top_p, uniforms[t % UNIFORM_BLOCK]
         )
-        drawn[:, t] = ids
-        yield 0, chars[ids[0]]
-        if t + 1 < config.length:
+        if num > 1:
+            held[:, t] = ids[1:]
+        if streaming:
+            char = chars[ids[0]]
+            yield 0, char
+            if stop:
+                recent = (recent + char)[-len(stop) :]
+                streaming = recent != stop
+                if not streaming and num == 1:
+                    return
+        t += 1
+        if config.length == 0 or t < config.length:
             logits = stepper.step(ids)
     for s in range(1, num):
-        yield s, seed + "".join(chars[i] for i in drawn[s])
+        text = "".join(chars[i] for i in held[s - 1, :t])
+        if stop and stop in text:
+            text = text[: text.index(stop) + len(stop)]
+        yield s, seed + text
+
+
+def _holds(held: np.ndarray, start: int, end: int, stop: str, chars: list[str]) -> np.ndarray:
+    """Which held samples have `stop` in their columns [start, end), counting a match
+    that begins up to len(stop) - 1 columns before `start`."""
+    first = max(0, start - len(stop) + 1)
+    return np.array([stop in "".join(chars[i] for i in row[first:end]) for row in held], dtype=bool)

@@ -19,6 +19,10 @@ def id_dtype(vocab_size: int) -> torch.dtype:
     return torch.int32
 
 
+def numpy_id_dtype(vocab_size: int) -> np.dtype:
+    return torch.empty(0, dtype=id_dtype(vocab_size)).numpy().dtype
+
+
 class Vocab:
     """Characters <-> ids. Ids follow code-point order, so the same text always gives the
     same vocabulary, whatever order its characters first appear in."""
@@ -93,8 +97,7 @@ def encode_array(text: str) -> tuple[Vocab, torch.Tensor]:
         counts += np.bincount(codes[i : i + ENCODE_CHUNK], minlength=table_size)
     present = np.flatnonzero(counts)
     vocab = Vocab(chr(int(c)) for c in present)
-    dtype = id_dtype(len(vocab))
-    lookup = np.zeros(table_size, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+    lookup = np.zeros(table_size, dtype=numpy_id_dtype(len(vocab)))
     lookup[present] = np.arange(len(present))
     ids = np.empty(len(codes), dtype=lookup.dtype)
     for i in starts:

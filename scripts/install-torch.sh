@@ -22,6 +22,8 @@ if "$PY" -m pip install --quiet --no-index --no-deps "$SPEC" 2>/dev/null; then
     exec "$PY" -m pip install --quiet "$SPEC"  # torch's own dependencies, from the index
 fi
 if [ "$(uname -s)" = "Linux" ] && ! command -v nvidia-smi >/dev/null 2>&1; then
-    exec "$PY" -m pip install --quiet "$SPEC" --index-url "$CPU_INDEX" --extra-index-url https://pypi.org/simple
+    # Only the CPU index is added: pip keeps its own default index for everything else, and
+    # prefers the CPU index's "+cpu" build of the same torch version.
+    exec "$PY" -m pip install --quiet "$SPEC" --extra-index-url "$CPU_INDEX"
 fi
 exec "$PY" -m pip install --quiet "$SPEC"

@@ -104,7 +104,7 @@ def test_eval_of_a_text_with_unknown_characters_names_them(cli_run, tmp_path):
     foreign = tmp_path / "foreign.txt"
     foreign.write_text("ROMEO: 안녕 ✓", encoding="utf-8")
     proc = run_cli("eval", "-c", str(out / "best.pt"), str(foreign))
-    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.returncode == 1 and proc.stdout == ""
     assert "'✓', '녕', '안'" in proc.stderr and "Traceback" not in proc.stderr
 
 

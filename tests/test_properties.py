@@ -24,7 +24,7 @@ from charrnn.errors import CorpusError
 from charrnn.model import CharRNN
 from charrnn.rundir import RunDir
 from charrnn.sample import generate
-from charrnn.train import train
+from charrnn.trainer import train
 from charrnn.vocab import Vocab, encode_array, id_dtype
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -153,15 +153,16 @@ MODELS = {kind: _model(kind) for kind in ("lstm", "gru", "rnn")}
 @given(
     model=st.sampled_from(sorted(MODELS)),
     seed=st.text(st.sampled_from(VOCAB.chars), min_size=1, max_size=20),
-    length=st.integers(0, 60),
+    length=st.integers(1, 60),
     temperature=st.sampled_from([0.0, 0.3, 1.0, 5.0]),
     top_k=st.none() | st.integers(1, len(VOCAB) + 3),
     top_p=st.none() | st.floats(0.01, 1.0),
     num_samples=st.integers(1, 3),
     random_seed=st.integers(0, 2**32 - 1),
+    stop_at=st.none() | st.text(st.sampled_from(VOCAB.chars), min_size=1, max_size=2),
 )
 def test_any_seed_from_the_vocabulary_samples(
-    model, seed, length, temperature, top_k, top_p, num_samples, random_seed
+    model, seed, length, temperature, top_k, top_p, num_samples, random_seed, stop_at
 ):
     config = SampleConfig(
         length=length,
@@ -170,6 +171,7 @@ def test_any_seed_from_the_vocabulary_samples(
         top_p=top_p,
         num_samples=num_samples,
         random_seed=random_seed,
+        stop_at=stop_at,
     )
 
     def run() -> list[str]:
@@ -181,6 +183,10 @@ def test_any_seed_from_the_vocabulary_samples(
     samples = run()
     for sample in samples:
         assert sample.startswith(seed)
-        assert len(sample) == len(seed) + length
+        generated = sample[len(seed) :]
+        if stop_at and stop_at in generated:  # ends right after its first stop text
+            assert generated.index(stop_at) + len(stop_at) == len(generated) <= length
+        else:
+            assert len(generated) == length
         assert set(sample) <= set(VOCAB.chars)
     assert run() == samples  # the same random_seed gives the same text

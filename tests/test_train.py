@@ -14,7 +14,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.config import SampleConfig, TrainConfig
 from charrnn.sample import generate
-from charrnn.train import StepDone, StopRequest, clip_gradients, learning_rate, limit_steps
+from charrnn.trainer import StepDone, StopRequest, clip_gradients, learning_rate, limit_steps
 
 
 def test_a_tiny_repeated_corpus_is_learned_and_reproduced(tmp_path):

@@ -8,6 +8,7 @@ the CLI can draw a progress bar and tests can run `train()` silently.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,12 +19,25 @@ import torch.nn.functional as F
 
 from . import __version__
 from .batches import Streams, make_streams, min_train_chars
-from .checkpoint import FORMAT_NAME, FORMAT_VERSION, save_checkpoint
+from .checkpoint import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    commit_checkpoint,
+    discard_temporary,
+    write_temporary,
+)
 from .config import DEFAULT_EPOCHS, ModelConfig, TrainConfig
 from .corpus import Corpus
 from .device import autocast, configure_backends, resolve_device, resolve_precision
-from .errors import CheckpointError, OutputError, TrainingError
-from .model import CharRNN, Hidden, detach_hidden, hidden_from_list, hidden_to_list
+from .errors import CheckpointError, OutputError, TrainingError, UsageError
+from .model import (
+    CharRNN,
+    Hidden,
+    detach_hidden,
+    hidden_from_list,
+    hidden_to_list,
+    parameter_count,
+)
 from .rundir import RunDir
 
 LN2 = math.log(2.0)
@@ -90,9 +104,13 @@ class TrainResult:
     epoch: float
     best_val_loss: float | None
     last_val_loss: float | None
-    stop_reason: str  # "max_steps" | "epochs" | "time_limit" | "plan" | "interrupted"
+    # "max_steps" | "epochs" | "time_limit" | "interrupted" | "SIGINT" | "SIGTERM", or
+    # "already_done": a resumed run that had reached its limit (nothing was changed)
+    stop_reason: str
     elapsed: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    last_path: str | None = None  # the run's checkpoints (set by charrnn.trainer)
+    best_path: str | None = None
 
 
 class StopRequest:
@@ -100,6 +118,9 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        # Set once training has begun: a signal before then has nothing to save, so the
+        # CLI's handler ends the process at once instead.
+        self.armed = False
 
     def set(self, reason: str = "interrupted") -> None:
         self.reason = reason
@@ -202,6 +223,37 @@ def val_streams(num_chars: int) -> int:
     return max(1, min(64, num_chars // MIN_VAL_STREAM))
 
 
+# ------------------------------------------------------------------ memory up front
+
+# fp32 weights, their gradients and Adam's two moments: four floats per parameter.
+TRAIN_BYTES_PER_PARAM = 16
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Total memory of `device` in bytes, where it can be known."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_model_fits(config: ModelConfig, device: torch.device) -> None:
+    """Refuse, before allocating anything, a model whose training state alone exceeds the
+    device's memory: allocating it would end in an out-of-memory kill, not an error."""
+    need = parameter_count(config) * TRAIN_BYTES_PER_PARAM
+    have = device_memory(device)
+    if have is not None and need > have:
+        raise UsageError(
+            f"a {config.model} of {config.num_layers} x {config.hidden_size} units over "
+            f"{config.vocab_size} characters has {parameter_count(config):,} parameters; "
+            f"training them needs about {need / 2**30:,.1f} GiB (weights, gradients, Adam), "
+            f"more than the {have / 2**30:,.1f} GiB of {device}: lower --hidden-size or "
+            "--num-layers"
+        )
+
+
 # -------------------------------------------------------------------------- the run
 
 
@@ -217,6 +269,7 @@ class _Run:
         on_event: Callable[[Any], None],
         resume: dict[str, Any] | None,
         stop: StopRequest,
+        init: dict[str, Any] | None = None,
     ):
         self.config = config
         self.corpus = corpus
@@ -227,12 +280,19 @@ class _Run:
         self.precision = resolve_precision(config.precision, self.device)
         configure_backends(self.device)
 
+        check_model_fits(model_config, self.device)
         # Initialise on the CPU from the seed, so the same seed gives the same initial
         # weights whichever device trains them.
         torch.manual_seed(config.random_seed)
         self.model = CharRNN(model_config)
         if resume is not None:
             self.model.load_state_dict(resume["model_state"])
+        elif init is not None:  # --init-from: weights only, a new run in every other way
+            self.model.load_state_dict(init["model_state"])
+        # Where the weights came from: the --init-from checkpoints, oldest first.
+        self.lineage: list[dict[str, Any]] = list(
+            (resume or {}).get("lineage") or (init or {}).get("lineage") or []
+        )
         self.model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr, **_fused(self.device))
@@ -304,6 +364,7 @@ class _Run:
             "plan_steps": self.plan,
             "best_val_loss": self.best_val,
             "history": list(self.history),
+            "lineage": list(self.lineage),
             "corpus": {
                 "name": self.corpus.name,
                 "num_chars": self.corpus.num_chars,
@@ -320,14 +381,24 @@ class _Run:
             )
         state = self.state()
         targets = [self.run_dir.best, self.run_dir.last] if also_best else [self.run_dir.last]
-        for path in targets:
-            try:
-                save_checkpoint(state, path)
-            except OSError as e:
-                raise OutputError(
-                    f"could not save {path} ({e.strerror or e}); the previous checkpoint is "
-                    "intact: free some space or fix the folder, then --resume"
-                ) from None
+        # Every file is written in full before any is renamed into place, and the previous
+        # run's files (--force) are cleared only then: a save that fails changes nothing.
+        written: list[tuple[str, str]] = []
+        try:
+            for path in targets:
+                written.append((write_temporary(state, path), path))
+            self.run_dir.clear_previous_run()
+            while written:
+                tmp, path = written.pop(0)
+                commit_checkpoint(tmp, path)
+        except OSError as e:
+            raise OutputError(
+                f"could not save {path} ({e.strerror or e}); the previous checkpoint is "
+                "intact: free some space or fix the folder, then --resume"
+            ) from None
+        finally:
+            for tmp, _ in written:
+                discard_temporary(tmp)
 
     # -- pieces of the loop
 
@@ -392,8 +463,23 @@ class _Run:
             self.hidden = None  # a non-finite state would poison every later window
         return loss_value, norm, lr, ok
 
+    def finished(self) -> bool:
+        """A resumed run that already reached its step limit: there is nothing to train."""
+        return self.limit is not None and self.step >= self.limit
+
     def run(self) -> TrainResult:
         cfg = self.config
+        if self.finished():  # say so and change nothing: no evaluation, no save
+            return TrainResult(
+                step=self.step,
+                epoch=self.progress_epoch(),
+                best_val_loss=self.best_val,
+                last_val_loss=self.last_val,
+                stop_reason="already_done",
+                elapsed=0.0,
+                history=self.history,
+            )
+        self.stop.armed = True
         self.emit(
             RunStarted(
                 step=self.step,
@@ -418,7 +504,8 @@ class _Run:
         chars_per_sec = 0.0
         eval_time = 0.0
         bad_steps = 0
-        evaluated_at = -1
+        # A run resumed right after an evaluation has that step's loss already.
+        evaluated_at = self.history[-1]["step"] if self.history else -1
         self.model.train()
         stop_reason = "max_steps"
         while True:
@@ -548,8 +635,11 @@ def train(
     on_event: Callable[[Any], None] | None = None,
     resume: dict[str, Any] | None = None,
     stop: StopRequest | None = None,
+    init: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train (or, with `resume`, continue) a char-RNN on `corpus`, saving into `run_dir`.
+
+    `init` ({"model_state", "lineage"}) starts a new run from given weights (--init-from).
 
     `model_config.vocab_size` must match the corpus. The caller has prepared and locked
     `run_dir`. Returns when a limit is reached or `stop` is set; raises TrainingError if
@@ -566,5 +656,6 @@ def train(
         on_event or (lambda event: None),
         resume,
         stop if stop is not None else StopRequest(),
+        init,
     )
     return run.run()

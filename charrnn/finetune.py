@@ -1,0 +1,62 @@
+"""Starting a new run from a trained model's weights (`charrnn train NEW --init-from X`).
+
+Unlike `--resume`, nothing of the old run's training state comes along (optimizer,
+step, schedule, history): only the weights. The new text may hold characters the model
+never saw. The vocabulary is then the sorted union of both, so ids still follow code-point
+order; every character the model knew keeps exactly its learned weights (its column of
+W_xh, its row of W_hy and b_y), moved to its new id, and each new character gets the
+weights a fresh model would have given it. Characters absent from the new text stay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from .corpus import Corpus
+from .model import VOCAB_AXES
+from .vocab import Vocab, id_dtype
+
+
+def union_vocab(old: Vocab, text: Vocab) -> Vocab:
+    return Vocab([*old.chars, *text.chars])
+
+
+def transplant(
+    state: dict[str, torch.Tensor], old: Vocab, new: Vocab, fresh: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The weights for vocabulary `new`: `state`'s (a model over `old`) wherever a character
+    was known, `fresh`'s (a newly initialised model over `new`) for the new characters."""
+    where = torch.tensor([new.index[c] for c in old.chars])  # old id -> new id
+    weights = {}
+    for name, initial in fresh.items():
+        axis = VOCAB_AXES.get(name)
+        if axis is None:  # nothing to do with characters: the recurrent core, unchanged
+            weights[name] = state[name].clone()
+        else:
+            weights[name] = initial.clone().index_copy_(axis, where, state[name])
+    return weights
+
+
+def in_vocab(corpus: Corpus, vocab: Vocab) -> Corpus:
+    """`corpus` with its ids renumbered into `vocab`, a superset of its own."""
+    remap = torch.tensor([vocab.index[c] for c in corpus.vocab.chars], dtype=torch.long)
+    dtype = id_dtype(len(vocab))
+    return dataclasses.replace(
+        corpus,
+        vocab=vocab,
+        train=remap[corpus.train.long()].to(dtype),
+        val=remap[corpus.val.long()].to(dtype),
+    )
+
+
+def lineage_entry(path: str, ckpt: dict[str, Any], added: list[str]) -> dict[str, Any]:
+    """What `info` shows of where a model came from."""
+    return {
+        "init_from": path,
+        "step": ckpt.get("step"),
+        "corpus": (ckpt.get("corpus") or {}).get("name"),
+        "added_chars": "".join(added),
+    }
