@@ -34,11 +34,15 @@ from .config import (
     TrainConfig,
     parse_duration,
 )
-from .corpus import build_corpus, read_text
+from .corpus import corpus_from_prepared, read_text
 from .device import resolve_device
 from .errors import CharRNNError, UsageError
+from .idcache import CACHE_ENV
+from .idcache import prepare as prepare_ids
 from .rundir import RunDir
 from .sample import generate
+from .sources import check_encoding
+from .sources import resolve as resolve_sources
 from .train import (
     LN2,
     Evaluated,
@@ -143,8 +147,8 @@ class Reporter:
             limits.append(_fmt_time(e.time_limit))
         self.line(
             f"{what} {e.step}: {e.num_params:,} parameters on {e.device} ({e.precision}); "
-            f"{e.train_chars:,} training / {e.val_chars:,} validation characters, "
-            f"vocabulary {e.vocab_size}; {e.steps_per_epoch} steps per epoch; "
+            f"{e.train_chars:,} training / {e.val_chars:,} validation characters"
+            f"{_val_used(e)}, vocabulary {e.vocab_size}; {e.steps_per_epoch} steps per epoch; "
             f"stops at {' or '.join(limits)}"
         )
         if self.live:
@@ -185,6 +189,12 @@ class Reporter:
             self.progress = None
 
 
+def _val_used(e: RunStarted) -> str:
+    if e.val_used is None or e.val_used >= e.val_chars - 1:
+        return ""
+    return f" ({e.val_used:,} of them predicted per validation: --val-chars)"
+
+
 def _install_stop_handlers(stop: StopRequest) -> Callable[[], None]:
     """First SIGINT/SIGTERM: finish the step, save, exit. A second SIGINT: stop at once."""
     previous = {}
@@ -210,6 +220,7 @@ _TRAIN_OPTS = (
     "batch_size",
     "seq_len",
     "val_fraction",
+    "val_chars",
     "lr",
     "grad_clip",
     "precision",
@@ -246,7 +257,11 @@ def _opt(cls: type, name: str, help: str, *flags: str) -> Any:
 @app.command("train")
 def train_cmd(
     ctx: typer.Context,
-    corpus: str = typer.Argument(..., help="UTF-8 text file to learn from, or - for stdin."),
+    corpus: list[str] = typer.Argument(
+        ...,
+        help="Text files or folders (every text file below) to learn from, joined in order; "
+        "- for stdin.",
+    ),
     out: str = typer.Option("checkpoints", "--out", "-o", help="Folder for checkpoints."),
     model: str = _opt(ModelConfig, "model", "lstm, rnn (tanh) or gru."),
     hidden_size: int = _opt(ModelConfig, "hidden_size", "Units per layer."),
@@ -261,6 +276,9 @@ def train_cmd(
     val_fraction: float = _opt(
         TrainConfig, "val_fraction", "Fraction held out for validation (the end of the text)."
     ),
+    val_chars: int = _opt(
+        TrainConfig, "val_chars", "Held-out characters each validation predicts, at most."
+    ),
     precision: str = _opt(
         TrainConfig, "precision", "fp32, bf16 or auto (bf16 where the hardware makes it fast)."
     ),
@@ -274,6 +292,11 @@ def train_cmd(
     device: str = _opt(TrainConfig, "device", "auto, cpu, cuda, cuda:N or mps."),
     random_seed: int = _opt(TrainConfig, "random_seed", "Seed for initialisation and dropout."),
     encoding: str = typer.Option("utf-8", help="Text encoding of the corpus."),
+    cache_dir: str = typer.Option(
+        None,
+        "--cache-dir",
+        help=f"Folder of the prepared-ids cache (default: ${CACHE_ENV}, else ~/.cache/charrnn).",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     force: bool = typer.Option(False, "--force", help="Start over in an --out that has a run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -291,8 +314,13 @@ def train_cmd(
         if name in _MODEL_OPTS + _TRAIN_OPTS + RESUMABLE_OPTIONS
     }
     given["time_limit"] = None
+    started = time.perf_counter()
     try:
-        _guarded(lambda: _train(corpus, out, given, time_limit, encoding, resume, force, quiet))
+        _guarded(
+            lambda: _train(
+                corpus, out, given, time_limit, encoding, resume, force, quiet, cache_dir, started
+            )
+        )
     except KeyboardInterrupt:  # a second Ctrl-C (or one before training began)
         last = RunDir(out).last
         saved = f"{last} holds the last save" if os.path.exists(last) else "nothing was saved"
@@ -301,7 +329,7 @@ def train_cmd(
 
 
 def _train(
-    corpus_path: str,
+    corpus_paths: list[str],
     out: str,
     given: dict[str, Any],
     time_limit: str | None,
@@ -309,9 +337,12 @@ def _train(
     resume: bool,
     force: bool,
     quiet: bool,
+    cache_dir: str | None = None,
+    started: float | None = None,
 ) -> None:
     if resume and force:
         raise UsageError("--resume and --force contradict each other: choose one")
+    encoding = check_encoding(encoding)  # before the folder is touched or locked
     if time_limit is not None:
         given["time_limit"] = parse_duration(time_limit)
     if not resume:  # validate options before touching the disk
@@ -320,6 +351,7 @@ def _train(
         train_config = TrainConfig(**train_kw)
         ModelConfig(**model_kw, vocab_size=2)
     resolve_device(given["device"] or _default(TrainConfig, "device"))
+    sources = resolve_sources(corpus_paths, encoding)
 
     run_dir = RunDir(out)
     run_dir.prepare(resume=resume, force=force)
@@ -330,13 +362,25 @@ def _train(
             ckpt = load_checkpoint(run_dir.last)
             check_resumable(ckpt, run_dir.last)
             model_config, train_config = _resume_configs(ckpt, given)
-        text = read_text(corpus_path, encoding)
-        for w in text.warnings:
+        for notice in sources.notices:
+            _warn(notice)
+        t0 = time.perf_counter()
+        prepared = prepare_ids(sources, encoding, cache_dir, on_notice=_warn)
+        for w in prepared.warnings:
             _warn(w)
-        data = build_corpus(
-            text,
+        if not quiet:
+            how = "reused" if prepared.cached else "built"
+            err.print(
+                f"corpus: {len(prepared.files)} file(s), {prepared.num_chars:,} characters; "
+                f"ids {how} in {time.perf_counter() - t0:.1f}s "
+                f"({prepared.path})"
+            )
+        data = corpus_from_prepared(
+            prepared,
+            sources.name,
             train_config.val_fraction,
             min_train_chars(train_config.batch_size, train_config.seq_len),
+            resume_record=ckpt.get("corpus") if ckpt else None,
             vocab=Vocab.from_list(ckpt["vocab"]) if ckpt else None,
         )
         if not resume:
@@ -345,7 +389,7 @@ def _train(
         reporter = Reporter(quiet)
         restore = _install_stop_handlers(stop)
         try:
-            result = train(model_config, train_config, data, run_dir, reporter, ckpt, stop)
+            result = train(model_config, train_config, data, run_dir, reporter, ckpt, stop, started)
         finally:
             reporter.stop_live()
             restore()
@@ -353,7 +397,7 @@ def _train(
         run_dir.release()
 
     if result.stop_reason in ("SIGINT", "SIGTERM"):
-        again = shlex.join(["charrnn", "train", corpus_path, "--out", out, "--resume"])
+        again = shlex.join(["charrnn", "train", *corpus_paths, "--out", out, "--resume"])
         err.print(
             f"stopped by {result.stop_reason} at step {result.step}; saved {run_dir.last}. "
             f"Continue with: {again}"
@@ -495,7 +539,7 @@ def _eval(file: str, checkpoint: str, encoding: str, device_name: str, as_json: 
     device = resolve_device(device_name)
     ckpt = load_checkpoint(checkpoint)
     model, vocab = model_from_checkpoint(ckpt, checkpoint)
-    text = read_text(file, encoding)
+    text = read_text(file, encoding, role="text")
     for w in text.warnings:
         _warn(w)
     ids, missing = encode_in(vocab, text.text)
@@ -566,11 +610,23 @@ def _info(path: str, as_json: bool) -> None:
         f"vocabulary   {len(vocab)} characters: {describe_chars(vocab.chars, limit=100)}",
         f"trained      {info['step']} steps ({info['epoch']} epochs) on "
         f"{info['corpus'].get('name', '?')} ({info['corpus'].get('num_chars', 0):,} chars)",
+        *_files_line(info["corpus"]),
         "best val     "
         + (f"{best:.4f} nats/char ({best / LN2:.4f} bits/char)" if best is not None else "-"),
         "options      " + ", ".join(f"{k}={v}" for k, v in (info["train_config"] or {}).items()),
     ]
     typer.echo("\n".join(lines))
+
+
+def _files_line(corpus: dict[str, Any]) -> list[str]:
+    files = corpus.get("files")
+    if not isinstance(files, list) or not files:
+        return []
+    shown = ", ".join(
+        f"{f.get('name')} ({f.get('size', 0):,} bytes)" for f in files[:5] if isinstance(f, dict)
+    )
+    more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+    return [f"files        {len(files)}: {shown}{more}"]
 
 
 def main() -> None:
