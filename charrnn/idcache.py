@@ -33,8 +33,9 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from . import sources as _sources
 from .errors import CacheError, CorpusError
-from .sources import CHUNK_BYTES, FileDecoder, Sources, decoder_warnings, read_chunks
+from .sources import FileDecoder, Sources, decoder_warnings, read_chunks
 from .vocab import Vocab, id_dtype
 
 CACHE_ENV = "CHARRNN_CACHE_DIR"
@@ -117,7 +118,8 @@ def _entry_paths(folder: str, key: str) -> tuple[str, str]:
     return os.path.join(folder, key + ".ids"), os.path.join(folder, key + ".json")
 
 
-def _file_chunks(f: BinaryIO, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+def _file_chunks(f: BinaryIO, size: int | None = None) -> Iterator[bytes]:
+    size = size or _sources.CHUNK_BYTES
     while True:
         data = f.read(size)
         if not data:
@@ -280,7 +282,7 @@ class _Provisional:
         lookup = np.zeros(int(present[-1]) + 1, dtype=dtype)
         lookup[present] = np.arange(len(present))
         out = _temp(self.folder, ".ids")
-        for chunk in _file_chunks(f, CHUNK_BYTES * 4):
+        for chunk in _file_chunks(f, _sources.CHUNK_BYTES * 4):
             final = lookup[np.frombuffer(chunk, dtype=np.uint32)].tobytes()
             out.write(final)
             crc = zlib.crc32(final, crc)

@@ -216,8 +216,9 @@ def _open(source: Source, role: str) -> BinaryIO:
         ) from None
 
 
-def read_chunks(source: Source, role: str = "corpus", size: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """The raw bytes of `source`, `size` at a time."""
+def read_chunks(source: Source, role: str = "corpus", size: int | None = None) -> Iterator[bytes]:
+    """The raw bytes of `source`, `size` (default CHUNK_BYTES) at a time."""
+    size = size or CHUNK_BYTES
     f = _open(source, role)
     try:
         while True:
