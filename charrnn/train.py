@@ -161,12 +161,14 @@ def evaluate(
     num_streams: int = 1,
     chunk_len: int = 1024,
     stop: StopRequest | None = None,
+    deadline: float | None = None,
 ) -> float | None:
     """Mean cross-entropy (nats/char) of predicting ids[1:] from what precedes each.
 
     The text is cut into `num_streams` contiguous streams (1 = exactly "every character
     from all those before it"); each starts from a zero state, which is carried through
-    its stream. Returns None if `stop` is set part-way.
+    its stream. Returns None if `stop` is set part-way or the time.perf_counter()
+    `deadline` passes.
     """
     was_training = model.training
     model.eval()
@@ -176,7 +178,7 @@ def evaluate(
         used = stream_len * num_streams
         x_all = ids[:used].view(num_streams, stream_len).to(device)  # (S, L)
         y_all = ids[1 : used + 1].view(num_streams, stream_len).to(device)  # (S, L)
-        total = _score_streams(model, x_all, y_all, chunk_len, stop)
+        total = _score_streams(model, x_all, y_all, chunk_len, stop, deadline)
         if total is None:
             return None
         if used < n:  # the tail that did not divide evenly: one more short stream
@@ -197,12 +199,14 @@ def _score_streams(
     y_all: torch.Tensor,  # (S, L) targets
     chunk_len: int,
     stop: StopRequest | None,
+    deadline: float | None = None,
 ) -> torch.Tensor | None:
-    """Summed cross-entropy over the streams, the state carried along each; None if stopped."""
+    """Summed cross-entropy over the streams, the state carried along each; None if
+    stopped or past the deadline."""
     total = torch.zeros((), dtype=torch.float64, device=x_all.device)
     hidden: Hidden | None = None
     for start in range(0, x_all.shape[1], chunk_len):
-        if stop:
+        if stop or (deadline is not None and time.perf_counter() > deadline):
             return None
         x = x_all[:, start : start + chunk_len].long()
         y = y_all[:, start : start + chunk_len].long()
@@ -236,14 +240,18 @@ def val_segments(ids: torch.Tensor, max_chars: int) -> torch.Tensor | None:
 
 @torch.no_grad()
 def evaluate_segments(
-    model: CharRNN, rows: torch.Tensor, device: torch.device, stop: StopRequest | None = None
+    model: CharRNN,
+    rows: torch.Tensor,
+    device: torch.device,
+    stop: StopRequest | None = None,
+    deadline: float | None = None,
 ) -> float | None:
     """Mean cross-entropy (nats/char) of predicting rows[:, 1:] from rows[:, :-1]."""
     was_training = model.training
     model.eval()
     try:
         rows = rows.to(device)
-        total = _score_streams(model, rows[:, :-1], rows[:, 1:], 1024, stop)
+        total = _score_streams(model, rows[:, :-1], rows[:, 1:], 1024, stop, deadline)
         return None if total is None else total.item() / (rows.shape[0] * (rows.shape[1] - 1))
     finally:
         model.train(was_training)
@@ -268,6 +276,7 @@ class _Run:
     ):
         self.config = config
         self.started = started
+        self.deadline: float | None = None  # perf_counter() time --time-limit ends
         self.corpus = corpus
         self.run_dir = run_dir
         self.emit = on_event
@@ -390,8 +399,13 @@ class _Run:
         return self.epoch + self.window / self.steps_per_epoch
 
     def validate(self, elapsed: float) -> float | None:
+        # A validation that would run past --time-limit is abandoned, so the limit holds
+        # however slow the machine is (last.pt is saved without it).
+        deadline = self.deadline
         if self.val_rows is not None:
-            val = evaluate_segments(self.model, self.val_rows, self.device, stop=self.stop)
+            val = evaluate_segments(
+                self.model, self.val_rows, self.device, stop=self.stop, deadline=deadline
+            )
         else:
             val = evaluate(
                 self.model,
@@ -399,7 +413,12 @@ class _Run:
                 self.device,
                 num_streams=val_streams(len(self.corpus.val)),
                 stop=self.stop,
+                deadline=deadline,
             )
+        if val is None and not self.stop:  # out of time: save without a validation
+            self.emit(Notice(f"step {self.step}: out of time; validation skipped"))
+            self.save(also_best=False)
+            return None
         if val is None:  # interrupted mid-way: the caller saves and stops
             return None
         is_best = self.best_val is None or val < self.best_val
@@ -473,6 +492,7 @@ class _Run:
         # With `started` (the command's own start), preparing the corpus counts against
         # --time-limit too: the limit is the whole invocation's.
         start = self.started if self.started is not None else time.perf_counter()
+        self.deadline = None if cfg.time_limit is None else start + cfg.time_limit
         start_step = self.step
         calibrate_at = start_step + CALIBRATION_STEPS
         timing_from: tuple[int, float] | None = None
@@ -537,6 +557,7 @@ class _Run:
                 step_time = (now - mark_time) / max(1, self.step - mark_step)
                 t0 = time.perf_counter()
                 if self.validate(now - start) is None:
+                    evaluated_at = self.step  # saved without it (out of time) or stopping
                     continue
                 evaluated_at = self.step
                 eval_time = time.perf_counter() - t0

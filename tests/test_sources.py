@@ -22,7 +22,7 @@ from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.config import ModelConfig
 from charrnn.corpus import Text, build_corpus, corpus_from_prepared
 from charrnn.rundir import RunDir
-from charrnn.train import RunStarted, evaluate, evaluate_segments, train, val_segments
+from charrnn.train import Notice, RunStarted, evaluate, evaluate_segments, train, val_segments
 from charrnn.vocab import encode_array
 
 TEXT = "the quick brown fox jumps over the lazy dog; déjà vu, naïve café. " * 30
@@ -191,8 +191,14 @@ def test_time_limit_counts_from_the_commands_start(tmp_path):
     model_config = ModelConfig(**{**model_config.to_dict(), "vocab_size": len(corpus.vocab)})
     run_dir = RunDir(str(tmp_path / "o"))
     run_dir.prepare(resume=False, force=True)
-    result = train(model_config, config, corpus, run_dir, started=time.perf_counter() - 100)
+    events = []
+    started = time.perf_counter() - 100
+    result = train(model_config, config, corpus, run_dir, events.append, started=started)
     assert result.step == 0 and result.stop_reason == "time_limit"
+    # Nor time to validate: the validation is skipped, said once, and last.pt saved without it.
+    notices = [e.message for e in events if isinstance(e, Notice)]
+    assert len(notices) == 1 and "out of time" in notices[0]
+    assert load_checkpoint(run_dir.last)["history"] == []
 
 
 # ------------------------------------------------------------------- bad input
