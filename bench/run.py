@@ -264,6 +264,12 @@ def main() -> None:
     )
     os.unlink(big)
 
+    # -- corpus size: preparing into the id cache, cold and cached; training RSS on it
+    print("corpus size (bench/corpus_scale.py):", flush=True)
+    import corpus_scale
+
+    table += corpus_scale.rows(tmp, mb=100 if quick else 1000, rounds=1 if quick else 3)
+
     # -- training memory does not grow with steps (resident set, read in the callback)
     rss = {}
 

@@ -17,7 +17,9 @@ options give the same text from both. Errors are charrnn's own exceptions
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,12 +40,15 @@ from .config import (
     TrainConfig,
     parse_duration,
 )
-from .corpus import build_corpus, read_text
+from .corpus import corpus_from_prepared
 from .device import resolve_device
 from .errors import CorpusError, UsageError
+from .idcache import prepare as prepare_ids
 from .model import CharRNN
 from .rundir import RunDir
 from .sample import generate
+from .sources import check_encoding
+from .sources import resolve as resolve_sources
 from .trainer import Notice, StopRequest, TrainResult, evaluate
 from .trainer import train as train_loop
 from .vocab import Vocab, describe_chars, encode_in
@@ -154,19 +159,32 @@ MODEL_OPTIONS = ("model", "hidden_size", "num_layers", "dropout")
 TRAIN_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
+@dataclass
+class Prepared:
+    """The corpus is ready: its ids were built, or found in the cache (an event)."""
+
+    num_files: int
+    num_chars: int
+    cached: bool
+    seconds: float
+    path: str  # the memory-mapped id file
+
+
 def train(
-    corpus: str,
+    corpus: str | list[str],
     out: str = "checkpoints",
     *,
     resume: bool = False,
     force: bool = False,
     init_from: str | None = None,
     encoding: str = "utf-8",
+    cache_dir: str | None = None,
     on_event: Callable[[Any], None] | None = None,
     stop: StopRequest | None = None,
     **options: Any,
 ) -> TrainResult:
-    """Train a char-RNN on `corpus` (a path, or "-" for stdin) into the folder `out`, as
+    """Train a char-RNN on `corpus` (a path, a folder, "-" for stdin, or a list of them,
+    joined in order; see charrnn.sources) into the folder `out`, as
     `charrnn train` does: `options` are its options with underscores (hidden_size=512,
     max_steps=1000, time_limit="5m" or seconds, ...). With `resume=True` the model and
     optimisation options come from `out`'s last.pt and only the limits, eval_every and
@@ -177,6 +195,7 @@ def train(
     Returns the run's TrainResult (step, best and last validation loss, why it stopped,
     history) with `last_path` and `best_path` set. Raises charrnn.errors.CharRNNError.
     """
+    started = time.perf_counter()  # --time-limit counts preparation too
     unknown = sorted(set(options) - set(MODEL_OPTIONS) - set(TRAIN_OPTIONS))
     if unknown:
         raise UsageError(f"unknown option(s) {', '.join(unknown)} for charrnn.trainer")
@@ -187,6 +206,7 @@ def train(
             "--init-from starts a new run from a model's weights; --resume continues the run "
             "in --out: choose one"
         )
+    encoding = check_encoding(encoding)  # before the folder is touched or locked
     given = {k: v for k, v in options.items() if v is not None}
     if isinstance(given.get("time_limit"), str):
         given["time_limit"] = parse_duration(given["time_limit"])
@@ -201,6 +221,7 @@ def train(
         train_config = TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_OPTIONS})
         ModelConfig(**model_kw, vocab_size=2)
     resolve_device(given.get("device", TrainConfig.device))
+    sources = resolve_sources([corpus] if isinstance(corpus, str) else list(corpus), encoding)
 
     run_dir = RunDir(out)
     run_dir.prepare(resume=resume, force=force)
@@ -210,21 +231,43 @@ def train(
         if resume:
             ckpt = load_checkpoint(run_dir.last)
             model_config, train_config = resume_configs(*check_resumable(ckpt, run_dir.last), given)
-        text = read_text(corpus, encoding)
-        for warning in text.warnings:
+        for notice in sources.notices:
+            emit(Notice(notice))
+        t0 = time.perf_counter()
+        prepared = prepare_ids(sources, encoding, cache_dir, on_notice=lambda m: emit(Notice(m)))
+        for warning in prepared.warnings:
             emit(Notice(warning))
-        data = build_corpus(
-            text,
+        emit(
+            Prepared(
+                len(prepared.files),
+                prepared.num_chars,
+                prepared.cached,
+                time.perf_counter() - t0,
+                prepared.path,
+            )
+        )
+        # A run that began with --init-from has the vocabulary of its model, a superset of
+        # its text's: its corpus is matched by content, then renumbered into that vocabulary.
+        model_vocab = Vocab.from_list(ckpt["vocab"]) if ckpt else None
+        fine_tuned = bool(ckpt and ckpt.get("lineage"))
+        data = corpus_from_prepared(
+            prepared,
+            sources.name,
             train_config.val_fraction,
             min_train_chars(train_config.batch_size, train_config.seq_len),
-            vocab=Vocab.from_list(ckpt["vocab"]) if ckpt else None,
+            resume_record=ckpt.get("corpus") if ckpt else None,
+            vocab=None if fine_tuned else model_vocab,
         )
+        if fine_tuned:
+            data = finetune.in_vocab(data, model_vocab)
         init = None
         if source is not None:
             data, init = _start_from(source, source_vocab, init_from, data, train_config, emit)
         if not resume:
             model_config = ModelConfig(**model_kw, vocab_size=len(data.vocab))
-        result = train_loop(model_config, train_config, data, run_dir, emit, ckpt, stop, init)
+        result = train_loop(
+            model_config, train_config, data, run_dir, emit, ckpt, stop, init, started
+        )
     finally:
         run_dir.release()
     return dataclasses.replace(result, last_path=run_dir.last, best_path=run_dir.best)

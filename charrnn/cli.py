@@ -37,6 +37,7 @@ from .config import (
 from .corpus import read_text
 from .device import resolve_device
 from .errors import CharRNNError, CheckpointError, CorpusError, OutputError, UsageError
+from .idcache import CACHE_ENV
 from .rundir import RunDir
 from .trainer import (
     LN2,
@@ -240,6 +241,12 @@ class Reporter:
             return
         if self.quiet:
             return
+        if isinstance(event, api.Prepared):
+            how = "reused" if event.cached else "built"
+            self.line(
+                f"corpus: {event.num_files} file(s), {event.num_chars:,} characters; ids {how} "
+                f"in {event.seconds:.1f}s ({event.path})"
+            )
         if isinstance(event, RunStarted):
             self.started(event)
         elif isinstance(event, Evaluated):
@@ -260,8 +267,8 @@ class Reporter:
             limits.append(_fmt_time(e.time_limit))
         self.line(
             f"{what} {e.step}: {e.num_params:,} parameters on {e.device} ({e.precision}); "
-            f"{e.train_chars:,} training / {e.val_chars:,} validation characters, "
-            f"vocabulary {e.vocab_size}; {e.steps_per_epoch} steps per epoch; "
+            f"{e.train_chars:,} training / {e.val_chars:,} validation characters"
+            f"{_val_used(e)}, vocabulary {e.vocab_size}; {e.steps_per_epoch} steps per epoch; "
             f"stops at {' or '.join(limits)}"
         )
         if self.live:
@@ -303,6 +310,12 @@ class Reporter:
 
 
 _signal_seen: list[str] = []  # the signal that ended a run before training began
+
+
+def _val_used(e: RunStarted) -> str:
+    if e.val_used is None or e.val_used >= e.val_chars - 1:
+        return ""
+    return f" ({e.val_used:,} of them predicted per validation: --val-chars)"
 
 
 def _install_stop_handlers(stop: StopRequest) -> Callable[[], None]:
@@ -352,7 +365,11 @@ def _opt(cls: type, name: str, help: str, *flags: str, choices: tuple[str, ...] 
 )
 def train_cmd(
     ctx: typer.Context,
-    corpus: str = typer.Argument(..., help="UTF-8 text file to learn from, or - for stdin."),
+    corpus: list[str] = typer.Argument(
+        ...,
+        help="Text files or folders (every text file below) to learn from, joined in order; "
+        "- for stdin.",
+    ),
     out: str = typer.Option("checkpoints", "--out", "-o", help="Folder for checkpoints."),
     model: str = _opt(ModelConfig, "model", "lstm, rnn (tanh) or gru.", choices=MODELS),
     hidden_size: int = _opt(ModelConfig, "hidden_size", "Units per layer."),
@@ -366,6 +383,9 @@ def train_cmd(
     ),
     val_fraction: float = _opt(
         TrainConfig, "val_fraction", "Fraction held out for validation (the end of the text)."
+    ),
+    val_chars: int = _opt(
+        TrainConfig, "val_chars", "Held-out characters each validation predicts, at most."
     ),
     precision: str = _opt(
         TrainConfig,
@@ -388,6 +408,11 @@ def train_cmd(
     ),
     random_seed: int = _opt(TrainConfig, "random_seed", "Seed for initialisation and dropout."),
     encoding: str = typer.Option("utf-8", help="Text encoding of the corpus."),
+    cache_dir: str = typer.Option(
+        None,
+        "--cache-dir",
+        help=f"Folder of the prepared-ids cache (default: ${CACHE_ENV}, else ~/.cache/charrnn).",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     init_from: str = typer.Option(
         None,
@@ -409,7 +434,9 @@ def train_cmd(
         if name in typed and name in api.MODEL_OPTIONS + api.TRAIN_OPTIONS
     }
     try:
-        _guarded(lambda: _train(corpus, out, given, encoding, resume, force, init_from, quiet))
+        _guarded(
+            lambda: _train(corpus, out, given, encoding, resume, force, init_from, quiet, cache_dir)
+        )
     except KeyboardInterrupt:  # a second Ctrl-C, or a signal before training began
         last = RunDir(out).last
         saved = f"{last} holds the last save" if os.path.exists(last) else "nothing was saved"
@@ -418,7 +445,7 @@ def train_cmd(
 
 
 def _train(
-    corpus_path: str,
+    corpus_paths: list[str],
     out: str,
     given: dict[str, Any],
     encoding: str,
@@ -426,18 +453,20 @@ def _train(
     force: bool,
     init_from: str | None,
     quiet: bool,
+    cache_dir: str | None,
 ) -> None:
     stop = StopRequest()
     reporter = Reporter(quiet)
     restore = _install_stop_handlers(stop)
     try:
         result = api.train(
-            corpus_path,
+            corpus_paths,
             out,
             resume=resume,
             force=force,
             init_from=init_from,
             encoding=encoding,
+            cache_dir=cache_dir,
             on_event=reporter,
             stop=stop,
             **given,
@@ -453,7 +482,7 @@ def _train(
         )
         return
     if result.stop_reason in ("SIGINT", "SIGTERM"):
-        again = shlex.join(["charrnn", "train", corpus_path, "--out", out, "--resume"])
+        again = shlex.join(["charrnn", "train", *corpus_paths, "--out", out, "--resume"])
         err.print(
             f"stopped by {result.stop_reason} at step {result.step}; saved {result.last_path}. "
             f"Continue with: {again}"
@@ -675,7 +704,7 @@ def _eval(file: str, checkpoint: str, encoding: str, device_name: str, as_json: 
     resolve_device(device_name)
     out = Stdout()
     model = api.load(checkpoint, device_name)
-    text = read_text(file, encoding)
+    text = read_text(file, encoding, role="text")
     for w in text.warnings:
         _warn(w)
     loss = model.score(text.text, name=text.name)
@@ -748,6 +777,7 @@ def _info(path: str, as_json: bool) -> None:
         f"vocabulary   {len(vocab)} characters: {describe_chars(vocab.chars, limit=100)}",
         f"trained      {info['step']} steps ({info['epoch']} epochs) on "
         f"{info['corpus'].get('name', '?')} ({info['corpus'].get('num_chars', 0):,} chars)",
+        *_files_line(info["corpus"]),
         "best val     "
         + (f"{best:.4f} nats/char ({best / LN2:.4f} bits/char)" if best is not None else "-"),
         "options      " + ", ".join(f"{k}={v}" for k, v in (info["train_config"] or {}).items()),
@@ -760,6 +790,17 @@ def _info(path: str, as_json: bool) -> None:
             + (f": {describe_chars(list(added))}" if added else "")
         )
     out.print("\n".join(lines))
+
+
+def _files_line(corpus: dict[str, Any]) -> list[str]:
+    files = corpus.get("files")
+    if not isinstance(files, list) or not files:
+        return []
+    shown = ", ".join(
+        f"{f.get('name')} ({f.get('size', 0):,} bytes)" for f in files[:5] if isinstance(f, dict)
+    )
+    more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+    return [f"files        {len(files)}: {shown}{more}"]
 
 
 def main() -> None:

@@ -80,6 +80,9 @@ class TrainConfig:
     batch_size: int = 24  # parallel streams the training text is cut into
     seq_len: int = 64  # characters per truncated-BPTT window
     val_fraction: float = 0.1  # the last fraction of the text, held out for validation
+    # Held-out characters each validation predicts, at most: a bound on its time on big
+    # corpora (README: Validation). Tiny Shakespeare's 111,538 are all used.
+    val_chars: int = 500_000
     # optimisation
     lr: float = 4e-3  # peak Adam learning rate
     lr_min_ratio: float = 0.05  # the cosine schedule decays to lr * lr_min_ratio
@@ -100,6 +103,7 @@ class TrainConfig:
         _positive("--seq-len", self.seq_len)
         _positive("--lr", self.lr)
         _positive("--eval-every", self.eval_every)
+        _positive("--val-chars", self.val_chars)
         if not 0.0 < self.val_fraction < 1.0:  # also refuses nan
             raise _bad(
                 "--val-fraction",

@@ -38,3 +38,7 @@ class OutputError(CharRNNError):
 
 class TrainingError(CharRNNError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class CacheError(CharRNNError):
+    """The id cache folder cannot be used (not writable, full)."""

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from .corpus import Corpus
+from .errors import CorpusError
 from .model import VOCAB_AXES
-from .vocab import Vocab, id_dtype
+from .vocab import Vocab, describe_chars, id_dtype
 
 
 def union_vocab(old: Vocab, text: Vocab) -> Vocab:
@@ -40,15 +41,32 @@ def transplant(
     return weights
 
 
+# Ids renumbered per pass: the int64 index is 8 bytes a character, so not all at once.
+REMAP_CHUNK = 1 << 24
+
+
 def in_vocab(corpus: Corpus, vocab: Vocab) -> Corpus:
-    """`corpus` with its ids renumbered into `vocab`, a superset of its own."""
+    """`corpus` with its ids renumbered into `vocab`, a superset of its own. The result is
+    in memory (compact ids), no longer a view of the mapped cache file."""
+    missing = [c for c in corpus.vocab.chars if c not in vocab]
+    if missing:
+        raise CorpusError(
+            f"corpus {corpus.name} has characters the model's vocabulary lacks: "
+            f"{describe_chars(missing)}; it is not the text this run was trained on"
+        )
+    if corpus.vocab == vocab:
+        return corpus
     remap = torch.tensor([vocab.index[c] for c in corpus.vocab.chars], dtype=torch.long)
     dtype = id_dtype(len(vocab))
+
+    def renumber(ids: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(len(ids), dtype=dtype)
+        for i in range(0, len(ids), REMAP_CHUNK):
+            out[i : i + REMAP_CHUNK] = remap[ids[i : i + REMAP_CHUNK].long()]
+        return out
+
     return dataclasses.replace(
-        corpus,
-        vocab=vocab,
-        train=remap[corpus.train.long()].to(dtype),
-        val=remap[corpus.val.long()].to(dtype),
+        corpus, vocab=vocab, train=renumber(corpus.train), val=renumber(corpus.val)
     )
 
 

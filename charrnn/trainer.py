@@ -68,6 +68,7 @@ class RunStarted:
     train_chars: int
     val_chars: int
     vocab_size: int
+    val_used: int | None = None  # held-out characters each evaluation predicts (the bound)
 
 
 @dataclass
@@ -181,12 +182,14 @@ def evaluate(
     num_streams: int = 1,
     chunk_len: int = 1024,
     stop: StopRequest | None = None,
+    deadline: float | None = None,
 ) -> float | None:
     """Mean cross-entropy (nats/char) of predicting ids[1:] from what precedes each.
 
     The text is cut into `num_streams` contiguous streams (1 = exactly "every character
     from all those before it"); each starts from a zero state, which is carried through
-    its stream. Returns None if `stop` is set part-way.
+    its stream. Returns None if `stop` is set part-way or the time.perf_counter()
+    `deadline` passes.
     """
     was_training = model.training
     model.eval()
@@ -196,17 +199,9 @@ def evaluate(
         used = stream_len * num_streams
         x_all = ids[:used].view(num_streams, stream_len).to(device)  # (S, L)
         y_all = ids[1 : used + 1].view(num_streams, stream_len).to(device)  # (S, L)
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        hidden: Hidden | None = None
-        for start in range(0, stream_len, chunk_len):
-            if stop:
-                return None
-            x = x_all[:, start : start + chunk_len].long()
-            y = y_all[:, start : start + chunk_len].long()
-            logits, hidden = model(x, hidden)
-            total += F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
-            ).double()
+        total = _score_streams(model, x_all, y_all, chunk_len, stop, deadline)
+        if total is None:
+            return None
         if used < n:  # the tail that did not divide evenly: one more short stream
             x = ids[used:n].view(1, -1).to(device).long()
             y = ids[used + 1 : n + 1].view(1, -1).to(device).long()
@@ -217,6 +212,30 @@ def evaluate(
         return total.item() / n
     finally:
         model.train(was_training)
+
+
+def _score_streams(
+    model: CharRNN,
+    x_all: torch.Tensor,  # (S, L) inputs, one stream per row
+    y_all: torch.Tensor,  # (S, L) targets
+    chunk_len: int,
+    stop: StopRequest | None,
+    deadline: float | None = None,
+) -> torch.Tensor | None:
+    """Summed cross-entropy over the streams, the state carried along each; None if
+    stopped or past the deadline."""
+    total = torch.zeros((), dtype=torch.float64, device=x_all.device)
+    hidden: Hidden | None = None
+    for start in range(0, x_all.shape[1], chunk_len):
+        if stop or (deadline is not None and time.perf_counter() > deadline):
+            return None
+        x = x_all[:, start : start + chunk_len].long()
+        y = y_all[:, start : start + chunk_len].long()
+        logits, hidden = model(x, hidden)
+        total += F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
+        ).double()
+    return total
 
 
 def val_streams(num_chars: int) -> int:
@@ -254,6 +273,42 @@ def check_model_fits(config: ModelConfig, device: torch.device) -> None:
         )
 
 
+def val_segments(ids: torch.Tensor, max_chars: int) -> torch.Tensor | None:
+    """At most `max_chars` held-out characters to predict, as evenly spaced segments.
+
+    None when the held-out text is within the bound (it is then used whole). Otherwise
+    (S, L + 1) rows: S = val_streams(max_chars) segments of L + 1 characters spread evenly
+    from the start of `ids` to its end, each scored from a zero state carried along it,
+    so a bounded evaluation sees every part of the held-out text, not only its beginning.
+    Copies at most max_chars + S ids (the mapped corpus is not read beyond them).
+    """
+    if len(ids) - 1 <= max_chars:
+        return None
+    num = val_streams(max_chars)
+    seg = max_chars // num
+    starts = torch.linspace(0, len(ids) - seg - 1, num).long().tolist()
+    return torch.stack([ids[a : a + seg + 1] for a in starts])  # (S, L + 1)
+
+
+@torch.no_grad()
+def evaluate_segments(
+    model: CharRNN,
+    rows: torch.Tensor,
+    device: torch.device,
+    stop: StopRequest | None = None,
+    deadline: float | None = None,
+) -> float | None:
+    """Mean cross-entropy (nats/char) of predicting rows[:, 1:] from rows[:, :-1]."""
+    was_training = model.training
+    model.eval()
+    try:
+        rows = rows.to(device)
+        total = _score_streams(model, rows[:, :-1], rows[:, 1:], 1024, stop, deadline)
+        return None if total is None else total.item() / (rows.shape[0] * (rows.shape[1] - 1))
+    finally:
+        model.train(was_training)
+
+
 # -------------------------------------------------------------------------- the run
 
 
@@ -270,8 +325,11 @@ class _Run:
         resume: dict[str, Any] | None,
         stop: StopRequest,
         init: dict[str, Any] | None = None,
+        started: float | None = None,
     ):
         self.config = config
+        self.started = started
+        self.deadline: float | None = None  # perf_counter() time --time-limit ends
         self.corpus = corpus
         self.run_dir = run_dir
         self.emit = on_event
@@ -301,6 +359,13 @@ class _Run:
             corpus.train.to(self.device), config.batch_size, config.seq_len
         )
         self.steps_per_epoch = self.streams.windows_per_epoch
+        # Validation costs bounded time on any corpus: at most val_chars predictions.
+        self.val_rows = val_segments(corpus.val, config.val_chars)
+        self.val_used = (
+            len(corpus.val) - 1
+            if self.val_rows is None
+            else self.val_rows.shape[0] * (self.val_rows.shape[1] - 1)
+        )
         self.limit = limit_steps(config, self.steps_per_epoch)
         self.history: list[dict[str, Any]] = []
         self.best_val: float | None = None
@@ -366,8 +431,7 @@ class _Run:
             "history": list(self.history),
             "lineage": list(self.lineage),
             "corpus": {
-                "name": self.corpus.name,
-                "num_chars": self.corpus.num_chars,
+                **self.corpus.record(),
                 "first_char": self.corpus.vocab.chars[int(self.corpus.train[0])],
             },
         }
@@ -406,13 +470,26 @@ class _Run:
         return self.epoch + self.window / self.steps_per_epoch
 
     def validate(self, elapsed: float) -> float | None:
-        val = evaluate(
-            self.model,
-            self.corpus.val,
-            self.device,
-            num_streams=val_streams(len(self.corpus.val)),
-            stop=self.stop,
-        )
+        # A validation that would run past --time-limit is abandoned, so the limit holds
+        # however slow the machine is (last.pt is saved without it).
+        deadline = self.deadline
+        if self.val_rows is not None:
+            val = evaluate_segments(
+                self.model, self.val_rows, self.device, stop=self.stop, deadline=deadline
+            )
+        else:
+            val = evaluate(
+                self.model,
+                self.corpus.val,
+                self.device,
+                num_streams=val_streams(len(self.corpus.val)),
+                stop=self.stop,
+                deadline=deadline,
+            )
+        if val is None and not self.stop:  # out of time: save without a validation
+            self.emit(Notice(f"step {self.step}: out of time; validation skipped"))
+            self.save(also_best=False)
+            return None
         if val is None:  # interrupted mid-way: the caller saves and stops
             return None
         is_best = self.best_val is None or val < self.best_val
@@ -424,6 +501,7 @@ class _Run:
             "epoch": round(self.progress_epoch(), 4),
             "val_loss": val,
             "val_bpc": val / LN2,
+            "val_chars": self.val_used,
             "lr": learning_rate(max(0, self.step - 1), self.config, self.plan),
             "elapsed": round(elapsed, 3),
             "time": time.time(),
@@ -493,10 +571,14 @@ class _Run:
                 train_chars=len(self.corpus.train),
                 val_chars=len(self.corpus.val),
                 vocab_size=len(self.corpus.vocab),
+                val_used=self.val_used,
             )
         )
         chars_per_step = cfg.batch_size * cfg.seq_len
-        start = time.perf_counter()
+        # With `started` (the command's own start), preparing the corpus counts against
+        # --time-limit too: the limit is the whole invocation's.
+        start = self.started if self.started is not None else time.perf_counter()
+        self.deadline = None if cfg.time_limit is None else start + cfg.time_limit
         start_step = self.step
         calibrate_at = start_step + CALIBRATION_STEPS
         timing_from: tuple[int, float] | None = None
@@ -562,6 +644,7 @@ class _Run:
                 step_time = (now - mark_time) / max(1, self.step - mark_step)
                 t0 = time.perf_counter()
                 if self.validate(now - start) is None:
+                    evaluated_at = self.step  # saved without it (out of time) or stopping
                     continue
                 evaluated_at = self.step
                 eval_time = time.perf_counter() - t0
@@ -636,6 +719,7 @@ def train(
     resume: dict[str, Any] | None = None,
     stop: StopRequest | None = None,
     init: dict[str, Any] | None = None,
+    started: float | None = None,
 ) -> TrainResult:
     """Train (or, with `resume`, continue) a char-RNN on `corpus`, saving into `run_dir`.
 
@@ -643,7 +727,8 @@ def train(
 
     `model_config.vocab_size` must match the corpus. The caller has prepared and locked
     `run_dir`. Returns when a limit is reached or `stop` is set; raises TrainingError if
-    the loss stays non-finite.
+    the loss stays non-finite. `started` (a time.perf_counter() value) is when the
+    invocation began, for --time-limit; by default, now.
     """
     needed = min_train_chars(config.batch_size, config.seq_len)
     if len(corpus.train) < needed:
@@ -657,5 +742,6 @@ def train(
         resume,
         stop if stop is not None else StopRequest(),
         init,
+        started,
     )
     return run.run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -16,6 +17,9 @@ from charrnn.trainer import train
 from charrnn.vocab import Vocab
 
 torch.set_num_threads(1)  # small ops: threads only add overhead and noise
+# The id cache of every run the tests start (in process or in a subprocess, which inherits
+# the environment) goes to a private folder, never the user's ~/.cache.
+os.environ["CHARRNN_CACHE_DIR"] = tempfile.mkdtemp(prefix="charrnn-test-cache-")
 
 PATTERN = "hello world! "
 SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "corpora", "tinyshakespeare.txt")

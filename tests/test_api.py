@@ -295,6 +295,12 @@ def test_init_from_on_a_text_with_new_characters(run, tmp_path):
     ckpt = model.checkpoint
     assert ckpt["step"] == 4 and ckpt["lineage"][0]["step"] == old.checkpoint["step"]
     assert set(ckpt["lineage"][0]["added_chars"]) == set(new_text) - set(old.vocab.chars)
+    # Its text lacks most of the model's characters, yet it resumes: matched by content.
+    again = cli(
+        "train", str(tmp_path / "code.txt"), "--out", str(out), "--resume", "--max-steps", "6"
+    )
+    assert again.returncode == 0, again.stderr
+    assert charrnn.load(str(out / "last.pt")).checkpoint["step"] == 6
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ def test_train_from_a_file_reports_on_stderr_only(cli_run):
     # Logs to a file or pipe: each message is one line, whatever its length, for grep.
     lines = proc.stderr.splitlines()
     assert any(line.startswith("training from step 0:") and "stops at" in line for line in lines)
-    assert all(line.startswith(("training", "step", "done", "warning")) for line in lines)
+    assert all(line.startswith(("corpus", "training", "step", "done", "warning")) for line in lines)
 
 
 def test_train_from_stdin(tmp_path):

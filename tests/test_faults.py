@@ -31,6 +31,7 @@ from conftest import tiny_run
 from typer.testing import CliRunner
 
 import charrnn.corpus
+import charrnn.sources
 import charrnn.trainer
 from charrnn.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from charrnn.cli import app
@@ -200,7 +201,7 @@ def test_unreadable_corpus_is_refused_even_as_root(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(charrnn.corpus, "open", denied, raising=False)
+    monkeypatch.setattr(charrnn.sources, "open", denied, raising=False)
     result = invoke("train", path, "--out", tmp_path / "out", *TINY)
     assert_error(result, 1, "permission denied", "secret.txt")
 
