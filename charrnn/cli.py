@@ -27,11 +27,13 @@ from . import __version__
 from .batches import min_train_chars
 from .checkpoint import check_resumable, load_checkpoint, model_from_checkpoint
 from .config import (
+    AUTO_ONEHOT_MAX_VOCAB,
     DEFAULT_EPOCHS,
     RESUMABLE_OPTIONS,
     ModelConfig,
     SampleConfig,
     TrainConfig,
+    describe_input,
     parse_duration,
 )
 from .corpus import build_corpus, read_text
@@ -49,7 +51,7 @@ from .train import (
     evaluate,
     train,
 )
-from .vocab import Vocab, describe_chars, encode_in
+from .vocab import Vocab, describe_chars, describe_vocab, encode_in
 
 app = typer.Typer(
     add_completion=False,
@@ -205,7 +207,7 @@ def _install_stop_handlers(stop: StopRequest) -> Callable[[], None]:
     return restore
 
 
-_MODEL_OPTS = ("model", "hidden_size", "num_layers", "dropout")
+_MODEL_OPTS = ("model", "hidden_size", "num_layers", "dropout", "input", "embedding_size")
 _TRAIN_OPTS = (
     "batch_size",
     "seq_len",
@@ -252,6 +254,15 @@ def train_cmd(
     hidden_size: int = _opt(ModelConfig, "hidden_size", "Units per layer."),
     num_layers: int = _opt(ModelConfig, "num_layers", "Stacked layers."),
     dropout: float = _opt(ModelConfig, "dropout", "Dropout between layers and before the output."),
+    input: str = _opt(
+        ModelConfig,
+        "input",
+        "onehot (x_t one-hot, the notes' model), embedding (learned E: W_xh = W_ih E) or auto "
+        f"(one-hot up to {AUTO_ONEHOT_MAX_VOCAB} distinct characters, embedding above).",
+    ),
+    embedding_size: int = _opt(
+        ModelConfig, "embedding_size", "Width D of E for --input embedding."
+    ),
     batch_size: int = _opt(TrainConfig, "batch_size", "Parallel streams."),
     seq_len: int = _opt(TrainConfig, "seq_len", "Characters per BPTT window."),
     lr: float = _opt(TrainConfig, "lr", "Peak Adam learning rate."),
@@ -543,7 +554,7 @@ def _info(path: str, as_json: bool) -> None:
         "checkpoint": path,
         "format_version": ckpt["version"],
         "charrnn_version": ckpt.get("charrnn_version"),
-        "model": ckpt["model_config"],
+        "model": model.config.to_dict(),  # with "input" filled in for older checkpoints
         "num_params": model.num_params(),
         "vocab_size": len(vocab),
         "vocab": "".join(vocab.chars),
@@ -563,7 +574,8 @@ def _info(path: str, as_json: bool) -> None:
         f"checkpoint   {path} (format {info['format_version']}, charrnn {info['charrnn_version']})",
         f"model        {m['model']}, {m['num_layers']} x {m['hidden_size']}, dropout "
         f"{m['dropout']}: {info['num_params']:,} parameters",
-        f"vocabulary   {len(vocab)} characters: {describe_chars(vocab.chars, limit=100)}",
+        f"input        {describe_input(model.config)}",
+        f"vocabulary   {describe_vocab(vocab.chars)}",
         f"trained      {info['step']} steps ({info['epoch']} epochs) on "
         f"{info['corpus'].get('name', '?')} ({info['corpus'].get('num_chars', 0):,} chars)",
         "best val     "

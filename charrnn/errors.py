@@ -30,3 +30,7 @@ class OutputError(CharRNNError):
 
 class TrainingError(CharRNNError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class ResourceError(CharRNNError):
+    """The run would need more memory than the machine has: refused before allocating."""

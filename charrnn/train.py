@@ -23,6 +23,7 @@ from .config import DEFAULT_EPOCHS, ModelConfig, TrainConfig
 from .corpus import Corpus
 from .device import autocast, configure_backends, resolve_device, resolve_precision
 from .errors import CheckpointError, OutputError, TrainingError
+from .memory import EVAL_LOGITS_BYTES, check_memory
 from .model import CharRNN, Hidden, detach_hidden, hidden_from_list, hidden_to_list
 from .rundir import RunDir
 
@@ -165,12 +166,15 @@ def evaluate(
 
     The text is cut into `num_streams` contiguous streams (1 = exactly "every character
     from all those before it"); each starts from a zero state, which is carried through
-    its stream. Returns None if `stop` is set part-way.
+    its stream. Returns None if `stop` is set part-way. `chunk_len` is an upper bound: for
+    a large vocabulary the chunks are shorter (EVAL_LOGITS_BYTES), which changes nothing
+    but the memory, since the state is carried across chunks.
     """
     was_training = model.training
     model.eval()
     try:
         n = len(ids) - 1
+        chunk_len = eval_chunk_len(num_streams, model.config.vocab_size, chunk_len)
         stream_len = n // num_streams
         used = stream_len * num_streams
         x_all = ids[:used].view(num_streams, stream_len).to(device)  # (S, L)
@@ -186,16 +190,23 @@ def evaluate(
             total += F.cross_entropy(
                 logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
             ).double()
-        if used < n:  # the tail that did not divide evenly: one more short stream
-            x = ids[used:n].view(1, -1).to(device).long()
-            y = ids[used + 1 : n + 1].view(1, -1).to(device).long()
-            logits, _ = model(x)
+        tail: Hidden | None = None
+        for start in range(used, n, chunk_len):  # the part that did not divide evenly
+            end = min(n, start + chunk_len)
+            x = ids[start:end].view(1, -1).to(device).long()
+            y = ids[start + 1 : end + 1].view(1, -1).to(device).long()
+            logits, tail = model(x, tail)
             total += F.cross_entropy(
                 logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
             ).double()
         return total.item() / n
     finally:
         model.train(was_training)
+
+
+def eval_chunk_len(num_streams: int, vocab_size: int, chunk_len: int = 1024) -> int:
+    """The longest chunk <= chunk_len whose (S, chunk, V) float32 logits fit EVAL_LOGITS_BYTES."""
+    return max(1, min(chunk_len, EVAL_LOGITS_BYTES // (4 * num_streams * vocab_size)))
 
 
 def val_streams(num_chars: int) -> int:
@@ -558,6 +569,8 @@ def train(
     needed = min_train_chars(config.batch_size, config.seq_len)
     if len(corpus.train) < needed:
         raise ValueError(f"the training text needs at least {needed} characters")
+    # Refuse a run that cannot fit before allocating any of it (ResourceError).
+    check_memory(model_config, config, resolve_device(config.device))
     run = _Run(
         model_config,
         config,
