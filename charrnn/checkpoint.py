@@ -5,12 +5,14 @@ Keys (FORMAT_VERSION 1)::
     format           "charrnn-checkpoint"
     version          1
     charrnn_version  the charrnn that wrote it
-    model_config     ModelConfig as a dict (model, vocab_size, hidden_size, num_layers, dropout)
+    model_config     ModelConfig as a dict (model, vocab_size, hidden_size, num_layers, dropout,
+                     input, embedding_size); input "onehot" or "embedding" (W_xh = W_ih E);
+                     no input key (checkpoints from before it) means "onehot"
     train_config     TrainConfig as a dict
     vocab            list of the characters, id order
     model_state      state_dict on CPU: rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, ...
                      (torch's own nn.LSTM / nn.RNN / nn.GRU names and gate order), head.weight,
-                     head.bias
+                     head.bias; with input "embedding" also embed.weight, E^T (V, D)
     optimizer_state  Adam's state_dict
     step             optimizer steps taken so far
     epoch            epochs completed

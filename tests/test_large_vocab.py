@@ -222,3 +222,18 @@ def test_the_memory_check_compares_the_estimate_with_what_is_free(monkeypatch):
     assert estimate(ModelConfig(vocab_size=60_000), train).total > need
     assert estimate(model, TrainConfig(batch_size=48)).total > need
     assert estimate(ModelConfig(vocab_size=6000, input="onehot"), train).total > need
+
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        (["--input", "bytes"], "unknown --input 'bytes'"),
+        (["--embedding-size", "0"], "--embedding-size"),
+    ],
+)
+def test_bad_input_option_is_a_usage_error(tmp_path, options, needle):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(PATTERN * 20, encoding="utf-8")
+    result = invoke("train", corpus, "--out", tmp_path / "run", *TINY, *options)
+    assert result.exit_code == 2 and needle in result.output
+    assert not (tmp_path / "run").exists()  # refused before touching the disk
