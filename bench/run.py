@@ -2,6 +2,7 @@
 
     python bench/run.py            # the full table (under ten minutes on 2 CPU cores)
     python bench/run.py --quick    # a one-minute look
+    python bench/run.py --large-vocab  # only V = 65, 2,000, 6,000 training and V = 6,000 sampling
     python bench/run.py --quality  # also: validation loss after `--time-limit 5m` (5 more min)
 
 Every figure is a median over interleaved blocks (baseline, ours, baseline, ours, ...),
@@ -96,11 +97,18 @@ def naive_sample(rnn, head, vocab_size, length, seed=0):
 # ------------------------------------------------------------------------ ours
 
 
-def ours_train_block(corpus, kind, hidden, layers, batch, seq_len, steps, precision, out):
+def ours_train_block(
+    corpus, kind, hidden, layers, batch, seq_len, steps, precision, out, input="auto"
+):
     """charrnn's own train() on the same data; chars/s between the StepDone events of the
     timed steps (data path, autocast, clipping, logging callback all included)."""
     model_config = ModelConfig(  # dropout 0: the same work as the baseline
-        model=kind, vocab_size=len(corpus.vocab), hidden_size=hidden, num_layers=layers, dropout=0.0
+        model=kind,
+        vocab_size=len(corpus.vocab),
+        hidden_size=hidden,
+        num_layers=layers,
+        dropout=0.0,
+        input=input,
     )
     warm = 3
     config = TrainConfig(
@@ -160,6 +168,100 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+# ------------------------------------------------------------- large vocabularies
+
+
+def hangul_corpus(vocab_size: int, num_chars: int = 1_200_000, seed: int = 0):
+    """A synthetic Korean-like text: Hangul syllables drawn with Zipf-like frequencies
+    (p ~ 1 / (rank + 10)), a space after about one in three, every syllable at least once;
+    vocab_size distinct characters in all (the space included). Generated, not shipped."""
+    from charrnn.corpus import Text
+
+    rng = np.random.default_rng(seed)
+    syllables = np.arange(0xAC00, 0xAC00 + vocab_size - 1)
+    p = 1.0 / (np.arange(len(syllables)) + 10.0)
+    codes = rng.choice(syllables, size=num_chars, p=p / p.sum())
+    codes[rng.random(num_chars) < 0.3] = ord(" ")
+    codes[: len(syllables)] = syllables
+    text = "".join(map(chr, codes.tolist()))
+    return build_corpus(Text(text, f"hangul-{vocab_size}"), 0.002, 1)
+
+
+def naive_embedding_sample(model, length, seed=0):
+    """The tutorial sampler for an embedding model: embed -> nn.LSTM -> Linear per character."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.zeros(1, 1, dtype=torch.long)
+    h = None
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(length):
+            o, h = model.rnn(model.embed(x), h)
+            p = F.softmax(model.head(o[:, -1]) / 0.8, dim=-1)
+            x = torch.multinomial(p, 1, generator=gen)
+    return length / (time.perf_counter() - t0)
+
+
+def large_vocabulary_rows(table, precision, tmp, quick):
+    """Training chars/s at V = 65 (Tiny Shakespeare), 2,000 and 6,000 (synthetic Hangul),
+    one-hot input against the learned embedding, the default model (LSTM 2 x 256, batch 24,
+    window 64, charrnn's default precision), all in one interleaved series; then sampling
+    at V = 6,000 against the naive loop."""
+    sizes = (65, 2000) if quick else (65, 2000, 6000)
+    # Small validation parts: train() ends each timed block with an (untimed) evaluation.
+    shakespeare = build_corpus(read_text(CORPUS), 0.002, 1)
+    corpora = {65: shakespeare} | {v: hangul_corpus(v) for v in sizes if v != 65}
+    steps, rounds = (5, 2) if quick else (20, 3)
+    fns, names = [], []
+    for v in sizes:
+        for input in ("onehot", "embedding"):
+
+            def fn(v=v, input=input):
+                out = os.path.join(tmp, f"vocab{v}-{input}")
+                return ours_train_block(
+                    corpora[v], "lstm", 256, 2, 24, 64, steps, precision, out, input
+                )
+
+            fns.append(fn)
+            names.append((v, input))
+    print(f"large vocabularies: lstm 2x256, batch 24, window 64, {precision} (chars/s):")
+    runs = dict(zip(names, interleaved(fns, rounds), strict=True))
+    for v in sizes:
+        default = ModelConfig(vocab_size=v).input
+        what = f"train V={v:,}: one-hot vs embedding (default: {default})"
+        row(table, what, runs[v, "onehot"], runs[v, "embedding"], "chars/s")
+    # Against Tiny Shakespeare: each input against the same input, and the defaults.
+    for v in sizes[1:]:
+        default = ModelConfig(vocab_size=v).input
+        for mine, theirs in (("onehot", "onehot"), ("embedding", "embedding"), (default, "onehot")):
+            ratios = [a / b for a, b in zip(runs[v, mine], runs[65, theirs], strict=True)]
+            speed = statistics.median(runs[v, mine])
+            what = f"train V={v:,} {mine} vs Tiny Shakespeare {theirs}"
+            if (mine, theirs) == (default, "onehot"):
+                what += " (the defaults)"
+            base = f"{statistics.median(runs[65, theirs]):,.0f} chars/s"
+            ratio = statistics.median(ratios)
+            table.append((what, base, f"{speed:,.0f} chars/s", f"{ratio:.2f}x"))
+            print(f"  {what}: {speed:,.0f} chars/s ({ratio:.2f}x)", flush=True)
+
+    big = max(sizes)
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig("lstm", big, 256, 2, input="embedding")).eval()
+    length = 500 if quick else 1500
+
+    def base():
+        return naive_embedding_sample(model, length // 2)
+
+    def ours():
+        cfg = SampleConfig(length=length, random_seed=0)
+        t0 = time.perf_counter()
+        for _ in generate(model, corpora[big].vocab, corpora[big].vocab.chars[1], cfg):
+            pass
+        return length / (time.perf_counter() - t0)
+
+    b, o = interleaved([base, ours], 3)
+    row(table, f"sample lstm 2x256, embedding, V={big:,}, 1 stream", b, o, "chars/s")
+
+
 # ------------------------------------------------------------------------ main
 
 
@@ -167,6 +269,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a one-minute look")
     parser.add_argument("--quality", action="store_true", help="add the 5-minute quality run")
+    parser.add_argument(
+        "--large-vocab", action="store_true", help="only the large-vocabulary rows (~3 min)"
+    )
     args = parser.parse_args()
     quick = args.quick
 
@@ -182,6 +287,10 @@ def main() -> None:
     )
     table = []
     tmp = tempfile.mkdtemp(prefix="charrnn-bench-")
+    if args.large_vocab:
+        large_vocabulary_rows(table, precision, tmp, quick)
+        print_table(table)
+        return
 
     # -- training throughput, equal shapes: batch 32, window 64
     shapes = (
@@ -232,6 +341,8 @@ def main() -> None:
             b, o = interleaved([base, ours], 3)
             what = f"sample lstm 2x{hidden}, {streams} stream(s) (baseline: 1)"
             row(table, what, b, o, "chars/s")
+
+    large_vocabulary_rows(table, precision, tmp, quick)
 
     # -- data scale: read, check and encode a big corpus
     mb = 20 if quick else 200
@@ -304,6 +415,10 @@ def main() -> None:
         best = load_checkpoint(os.path.join(qdir, "best.pt"))["best_val_loss"]
         table.append(("val loss after 5 min (defaults)", "1.548 (issue #4)", f"{best:.3f}", "-"))
 
+    print_table(table)
+
+
+def print_table(table):
     print("\n| what | baseline | charrnn | ratio |\n|---|---|---|---|")
     for r in table:
         print("| " + " | ".join(r) + " |")

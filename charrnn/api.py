@@ -155,7 +155,8 @@ def load(path: str, device: str = "cpu") -> Model:
 
 # ----------------------------------------------------------------------------- train
 
-MODEL_OPTIONS = ("model", "hidden_size", "num_layers", "dropout")
+# The model options a user gives (vocab_size comes from the corpus).
+MODEL_OPTIONS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size")
 TRAIN_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 

@@ -5,12 +5,14 @@ Keys (FORMAT_VERSION 1)::
     format           "charrnn-checkpoint"
     version          1
     charrnn_version  the charrnn that wrote it
-    model_config     ModelConfig as a dict (model, vocab_size, hidden_size, num_layers, dropout)
+    model_config     ModelConfig as a dict (model, vocab_size, hidden_size, num_layers, dropout,
+                     input, embedding_size); input "onehot" or "embedding" (W_xh = W_ih E);
+                     no input key (checkpoints from before it) means "onehot"
     train_config     TrainConfig as a dict
     vocab            list of the characters, id order
     model_state      state_dict on CPU: rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, ...
                      (torch's own nn.LSTM / nn.RNN / nn.GRU names and gate order), head.weight,
-                     head.bias
+                     head.bias; with input "embedding" also embed.weight, E^T (V, D)
     optimizer_state  Adam's state_dict
     step             optimizer steps taken so far
     epoch            epochs completed
@@ -274,7 +276,8 @@ def check_weights(ckpt: dict[str, Any], config: ModelConfig, path: str) -> None:
             f"checkpoint {path!r} has {len(ckpt['vocab'])} characters in its vocabulary but its "
             f"model expects {config.vocab_size}: it is damaged"
         )
-    expected = 4 * config.num_layers + 2  # four per layer (see parameter_shapes), two for the head
+    # Four per layer (see parameter_shapes), two for the head, and E for an embedding.
+    expected = 4 * config.num_layers + 2 + (config.input == "embedding")
     if len(state) != expected:
         raise _damaged(
             path,

@@ -27,12 +27,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from . import __version__, api
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import (
+    AUTO_ONEHOT_MAX_VOCAB,
     DEFAULT_EPOCHS,
     MODELS,
     PRECISIONS,
     ModelConfig,
     SampleConfig,
     TrainConfig,
+    describe_input,
 )
 from .corpus import read_text
 from .device import resolve_device
@@ -47,7 +49,7 @@ from .trainer import (
     StepDone,
     StopRequest,
 )
-from .vocab import Vocab, describe_chars
+from .vocab import Vocab, describe_chars, describe_vocab
 
 app = typer.Typer(
     add_completion=True,  # --install-completion / --show-completion, typer's own
@@ -375,6 +377,15 @@ def train_cmd(
     hidden_size: int = _opt(ModelConfig, "hidden_size", "Units per layer."),
     num_layers: int = _opt(ModelConfig, "num_layers", "Stacked layers."),
     dropout: float = _opt(ModelConfig, "dropout", "Dropout between layers and before the output."),
+    input: str = _opt(
+        ModelConfig,
+        "input",
+        "onehot (x_t one-hot, the notes' model), embedding (learned E: W_xh = W_ih E) or auto "
+        f"(one-hot up to {AUTO_ONEHOT_MAX_VOCAB} distinct characters, embedding above).",
+    ),
+    embedding_size: int = _opt(
+        ModelConfig, "embedding_size", "Width D of E for --input embedding."
+    ),
     batch_size: int = _opt(TrainConfig, "batch_size", "Parallel streams."),
     seq_len: int = _opt(TrainConfig, "seq_len", "Characters per BPTT window."),
     lr: float = _opt(TrainConfig, "lr", "Peak Adam learning rate."),
@@ -747,7 +758,7 @@ def _info(path: str, as_json: bool) -> None:
         "checkpoint": path,
         "format_version": ckpt["version"],
         "charrnn_version": ckpt.get("charrnn_version"),
-        "model": model.config.to_dict(),
+        "model": model.config.to_dict(),  # with "input" filled in for older checkpoints
         "num_params": model.num_params(),
         "vocab_size": len(vocab),
         "vocab": "".join(vocab.chars),
@@ -774,7 +785,8 @@ def _info(path: str, as_json: bool) -> None:
         f"checkpoint   {path} (format {info['format_version']}, charrnn {info['charrnn_version']})",
         f"model        {m['model']}, {m['num_layers']} x {m['hidden_size']}, dropout "
         f"{m['dropout']}: {info['num_params']:,} parameters",
-        f"vocabulary   {len(vocab)} characters: {describe_chars(vocab.chars, limit=100)}",
+        f"input        {describe_input(model.config)}",
+        f"vocabulary   {describe_vocab(vocab.chars)}",
         f"trained      {info['step']} steps ({info['epoch']} epochs) on "
         f"{info['corpus'].get('name', '?')} ({info['corpus'].get('num_chars', 0):,} chars)",
         *_files_line(info["corpus"]),

@@ -14,6 +14,13 @@ from dataclasses import dataclass
 from .errors import UsageError
 
 MODELS = ("lstm", "rnn", "gru")
+# How x_t enters the first layer. "onehot": the notes' model, W_xh x_t with x_t one-hot.
+# "embedding": x_t -> E x_t, a learned D-vector, then W_ih: the same model with
+# W_xh = W_ih E factored (rank <= D), which costs D instead of V multiply-adds per gate row.
+# "auto": one-hot up to AUTO_ONEHOT_MAX_VOCAB characters, the embedding above (measured:
+# README, "Large vocabularies").
+INPUTS = ("auto", "onehot", "embedding")
+AUTO_ONEHOT_MAX_VOCAB = 256
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -53,6 +60,8 @@ class ModelConfig:
     hidden_size: int = 256  # units per recurrent layer
     num_layers: int = 2  # stacked recurrent layers
     dropout: float = 0.2  # between layers and before the output layer; 0 turns it off
+    input: str = "auto"  # "onehot", "embedding" or "auto" (by vocab_size); see INPUTS
+    embedding_size: int = 128  # D, the width of E when input is "embedding"
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -65,13 +74,40 @@ class ModelConfig:
             raise _bad("--dropout", f"--dropout must be in [0, 1) (got {self.dropout})")
         if self.vocab_size < 0:
             raise _bad("vocab_size", f"vocab_size must not be negative (got {self.vocab_size})")
+        if self.input not in INPUTS:
+            raise _bad(
+                "--input", f"unknown --input {self.input!r}: choose one of {', '.join(INPUTS)}"
+            )
+        _positive("--embedding-size", self.embedding_size)
+        if self.input == "auto" and self.vocab_size >= 2:
+            # Decided once, when the corpus is known; the checkpoint stores the outcome.
+            object.__setattr__(self, "input", resolve_input(self.vocab_size))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        # Checkpoints from before the input option have no "input" key: they are one-hot.
+        d = {"input": "onehot", **d}
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+def describe_input(config: ModelConfig) -> str:
+    """How x_t enters the first layer, in the notes' terms (for `info`)."""
+    v, d = config.vocab_size, config.embedding_size
+    rows = {"lstm": 4, "gru": 3, "rnn": 1}[config.model] * config.hidden_size
+    if config.input == "embedding":
+        return (
+            f"learned embedding E ({d} x {v:,}): W_xh = W_ih E, factored; "
+            f"weight_ih_l0 is W_ih ({rows} x {d}), embed.weight is E^T"
+        )
+    return f"one-hot x_t: W_xh x_t is column x_t of W_xh = weight_ih_l0 ({rows} x {v:,})"
+
+
+def resolve_input(vocab_size: int) -> str:
+    """What --input auto means for a corpus of `vocab_size` distinct characters."""
+    return "onehot" if vocab_size <= AUTO_ONEHOT_MAX_VOCAB else "embedding"
 
 
 @dataclass(frozen=True)

@@ -42,3 +42,7 @@ class TrainingError(CharRNNError):
 
 class CacheError(CharRNNError):
     """The id cache folder cannot be used (not writable, full)."""
+
+
+class ResourceError(CharRNNError):
+    """The run would need more memory than the machine has: refused before allocating."""

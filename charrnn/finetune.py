@@ -17,7 +17,6 @@ import torch
 
 from .corpus import Corpus
 from .errors import CorpusError
-from .model import VOCAB_AXES
 from .vocab import Vocab, describe_chars, id_dtype
 
 
@@ -33,11 +32,13 @@ def transplant(
     where = torch.tensor([new.index[c] for c in old.chars])  # old id -> new id
     weights = {}
     for name, initial in fresh.items():
-        axis = VOCAB_AXES.get(name)
-        if axis is None:  # nothing to do with characters: the recurrent core, unchanged
+        # A tensor with a slice per character (W_xh's columns for one-hot input, E's rows
+        # for an embedding, W_hy's rows, b_y) is as long as the vocabulary on one axis.
+        axes = [a for a in range(initial.dim()) if initial.shape[a] != state[name].shape[a]]
+        if not axes:  # nothing to do with characters (or no new ones): unchanged
             weights[name] = state[name].clone()
         else:
-            weights[name] = initial.clone().index_copy_(axis, where, state[name])
+            weights[name] = initial.clone().index_copy_(axes[0], where, state[name])
     return weights
 
 

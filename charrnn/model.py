@@ -13,6 +13,14 @@ the first layer's weight_ih *is* the W_xh of the equations, under torch's own na
 
 and the output layer gives logits y_t = W_hy h_t + b_y; softmax(y_t) is the distribution
 of the next character.
+
+With ``input="embedding"`` (ModelConfig.input; "auto" picks it for large vocabularies) x_t
+first goes through a learned embedding E (D x V, stored transposed as ``embed.weight``,
+(V, D)), so W_xh = W_ih E: the same equations with W_xh factored into two matrices of rank
+at most D. E x_t is again a column lookup (row x_t of ``embed.weight``), and the first
+layer's weight_ih_l0 is then D wide instead of V. A one-hot input of a 6,000-character
+vocabulary costs 6,000 x 4H multiply-adds per character forward and again in the weight
+gradient; the factored form costs D x 4H.
 """
 
 from __future__ import annotations
@@ -35,8 +43,16 @@ class CharRNN(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set from the corpus (>= 2)")
         self.config = config
         kwargs = {"nonlinearity": "tanh"} if config.model == "rnn" else {}
+        if config.input == "embedding":
+            self.embed: nn.Embedding | None = nn.Embedding(config.vocab_size, config.embedding_size)
+            input_size = config.embedding_size
+        elif config.input == "onehot":
+            self.embed = None
+            input_size = config.vocab_size
+        else:
+            raise ValueError(f"ModelConfig.input must be resolved, not {config.input!r}")
         self.rnn = _CELLS[config.model](
-            input_size=config.vocab_size,
+            input_size=input_size,
             hidden_size=config.hidden_size,
             num_layers=config.num_layers,
             dropout=config.dropout if config.num_layers > 1 else 0.0,
@@ -51,7 +67,10 @@ class CharRNN(nn.Module):
         self, idx: torch.Tensor, hidden: Hidden | None = None
     ) -> tuple[torch.Tensor, Hidden]:
         """idx (B, T) int64 -> logits (B, T, V) and the hidden state after the last step."""
-        x = F.one_hot(idx, self.config.vocab_size).to(self.head.weight.dtype)  # (B, T, V)
+        if self.embed is not None:
+            x = self.embed(idx)  # (B, T, D): E x_t, the column of E that x_t picks
+        else:
+            x = F.one_hot(idx, self.config.vocab_size).to(self.head.weight.dtype)  # (B, T, V)
         out, hidden = self.rnn(x, hidden)  # (B, T, H)
         logits = self.head(self.drop(out))  # (B, T, V)
         return logits, hidden
@@ -61,23 +80,31 @@ class CharRNN(nn.Module):
         zeros = torch.zeros(cfg.num_layers, batch_size, cfg.hidden_size, device=device)
         return (zeros, zeros.clone()) if cfg.model == "lstm" else zeros
 
+    def input_weight(self) -> torch.Tensor:
+        """W_xh of the equations, (G*H, V): weight_ih_l0 itself for one-hot input, the
+        product W_ih E for an embedding."""
+        w_ih = self.rnn.weight_ih_l0
+        return w_ih if self.embed is None else w_ih @ self.embed.weight.T
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # rows of W_ih / W_hh per hidden unit
-# The tensors with one slice per character, and which axis: W_xh's columns (x_t is
-# one-hot), W_hy's rows and b_y. Growing the vocabulary (--init-from) grows these.
-VOCAB_AXES = {"rnn.weight_ih_l0": 1, "head.weight": 0, "head.bias": 0}
 
 
 def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The state_dict CharRNN(config) has, name -> shape, without building it (so a
-    checkpoint's claims can be checked against its weights before anything is allocated)."""
+    """The state_dict CharRNN(config) has, name -> shape, in registration order, without
+    building it (so a checkpoint's claims can be checked against its weights before anything
+    is allocated)."""
     gh, h, v = GATES[config.model] * config.hidden_size, config.hidden_size, config.vocab_size
     shapes: dict[str, tuple[int, ...]] = {}
+    width = v
+    if config.input == "embedding":
+        shapes["embed.weight"] = (v, config.embedding_size)  # E^T
+        width = config.embedding_size
     for k in range(config.num_layers):
-        shapes[f"rnn.weight_ih_l{k}"] = (gh, v if k == 0 else h)
+        shapes[f"rnn.weight_ih_l{k}"] = (gh, width if k == 0 else h)
         shapes[f"rnn.weight_hh_l{k}"] = (gh, h)
         shapes[f"rnn.bias_ih_l{k}"] = (gh,)
         shapes[f"rnn.bias_hh_l{k}"] = (gh,)
@@ -87,10 +114,13 @@ def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def parameter_count(config: ModelConfig) -> int:
-    """len of all parameters of CharRNN(config), in O(1): W_ih, W_hh and two biases per
-    layer (the first layer's W_ih is V wide, the others H), and the output layer."""
+    """The number of parameters of CharRNN(config), in O(1) whatever the sizes: W_ih, W_hh
+    and two biases per layer (the first layer's W_ih is V wide, or D after an embedding E
+    of V x D), and the output layer."""
     gh, h, v = GATES[config.model] * config.hidden_size, config.hidden_size, config.vocab_size
-    first = gh * (v + h + 2)
+    embedded = config.input == "embedding"
+    width = config.embedding_size if embedded else v
+    first = gh * (width + h + 2) + (v * config.embedding_size if embedded else 0)
     upper = (config.num_layers - 1) * gh * (2 * h + 2)
     return first + upper + v * (h + 1)
 

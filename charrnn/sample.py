@@ -28,7 +28,8 @@ class NumpyStepper:
     """One recurrent step at a time for S parallel streams, in float32 numpy.
 
     Two rewrites make a step cheap without changing its result:
-      * x_t is one-hot, so W_ih x_t is a row of a (V, G*H) table, biases folded in;
+      * x_t is one-hot, so W_ih x_t is a row of a (V, G*H) table, biases folded in (with an
+        embedding E, the table is E^T W_ih^T + b: W_xh = W_ih E computed once);
       * σ(z) = (1 + tanh(z/2)) / 2, so with the sigmoid gates' rows of W and b halved once
         here, a single tanh over all gate pre-activations serves every gate.
     """
@@ -62,6 +63,11 @@ class NumpyStepper:
         ]
         b_ih = [weight(f"bias_ih_l{k}") for k in range(cfg.num_layers)]
         self.b_hh = [weight(f"bias_hh_l{k}") for k in range(cfg.num_layers)]
+        if model.embed is not None:
+            # W_xh = W_ih E: fold E in once, so layer 0 is again a row lookup. Row v of
+            # E^T W_ih^T is (W_ih E)[:, v]^T, the column a one-hot x_t = v would pick.
+            e = model.embed.weight.detach().float().cpu().numpy()  # (V, D)
+            w_ih_t[0] = e @ w_ih_t[0]  # (V, G*H)
         if self.kind == "gru":  # r gates W_hn h + b_hn, so the two sides stay apart
             self.table = w_ih_t[0] + b_ih[0]  # (V, 3H)
             self.w_ih_t, self.b_ih = w_ih_t, b_ih

@@ -8,7 +8,6 @@ the CLI can draw a progress bar and tests can run `train()` silently.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,15 +28,9 @@ from .checkpoint import (
 from .config import DEFAULT_EPOCHS, ModelConfig, TrainConfig
 from .corpus import Corpus
 from .device import autocast, configure_backends, resolve_device, resolve_precision
-from .errors import CheckpointError, OutputError, TrainingError, UsageError
-from .model import (
-    CharRNN,
-    Hidden,
-    detach_hidden,
-    hidden_from_list,
-    hidden_to_list,
-    parameter_count,
-)
+from .errors import CheckpointError, OutputError, TrainingError
+from .memory import EVAL_LOGITS_BYTES, check_memory
+from .model import CharRNN, Hidden, detach_hidden, hidden_from_list, hidden_to_list
 from .rundir import RunDir
 
 LN2 = math.log(2.0)
@@ -189,12 +182,15 @@ def evaluate(
     The text is cut into `num_streams` contiguous streams (1 = exactly "every character
     from all those before it"); each starts from a zero state, which is carried through
     its stream. Returns None if `stop` is set part-way or the time.perf_counter()
-    `deadline` passes.
+    `deadline` passes. `chunk_len` is an upper bound: for a large vocabulary the chunks are
+    shorter (EVAL_LOGITS_BYTES), which changes nothing but the memory, since the state is
+    carried across chunks.
     """
     was_training = model.training
     model.eval()
     try:
         n = len(ids) - 1
+        chunk_len = eval_chunk_len(num_streams, model.config.vocab_size, chunk_len)
         stream_len = n // num_streams
         used = stream_len * num_streams
         x_all = ids[:used].view(num_streams, stream_len).to(device)  # (S, L)
@@ -202,10 +198,12 @@ def evaluate(
         total = _score_streams(model, x_all, y_all, chunk_len, stop, deadline)
         if total is None:
             return None
-        if used < n:  # the tail that did not divide evenly: one more short stream
-            x = ids[used:n].view(1, -1).to(device).long()
-            y = ids[used + 1 : n + 1].view(1, -1).to(device).long()
-            logits, _ = model(x)
+        tail: Hidden | None = None
+        for start in range(used, n, chunk_len):  # the part that did not divide evenly
+            end = min(n, start + chunk_len)
+            x = ids[start:end].view(1, -1).to(device).long()
+            y = ids[start + 1 : end + 1].view(1, -1).to(device).long()
+            logits, tail = model(x, tail)
             total += F.cross_entropy(
                 logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
             ).double()
@@ -238,39 +236,13 @@ def _score_streams(
     return total
 
 
+def eval_chunk_len(num_streams: int, vocab_size: int, chunk_len: int = 1024) -> int:
+    """The longest chunk <= chunk_len whose (S, chunk, V) float32 logits fit EVAL_LOGITS_BYTES."""
+    return max(1, min(chunk_len, EVAL_LOGITS_BYTES // (4 * num_streams * vocab_size)))
+
+
 def val_streams(num_chars: int) -> int:
     return max(1, min(64, num_chars // MIN_VAL_STREAM))
-
-
-# ------------------------------------------------------------------ memory up front
-
-# fp32 weights, their gradients and Adam's two moments: four floats per parameter.
-TRAIN_BYTES_PER_PARAM = 16
-
-
-def device_memory(device: torch.device) -> int | None:
-    """Total memory of `device` in bytes, where it can be known."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_model_fits(config: ModelConfig, device: torch.device) -> None:
-    """Refuse, before allocating anything, a model whose training state alone exceeds the
-    device's memory: allocating it would end in an out-of-memory kill, not an error."""
-    need = parameter_count(config) * TRAIN_BYTES_PER_PARAM
-    have = device_memory(device)
-    if have is not None and need > have:
-        raise UsageError(
-            f"a {config.model} of {config.num_layers} x {config.hidden_size} units over "
-            f"{config.vocab_size} characters has {parameter_count(config):,} parameters; "
-            f"training them needs about {need / 2**30:,.1f} GiB (weights, gradients, Adam), "
-            f"more than the {have / 2**30:,.1f} GiB of {device}: lower --hidden-size or "
-            "--num-layers"
-        )
 
 
 def val_segments(ids: torch.Tensor, max_chars: int) -> torch.Tensor | None:
@@ -303,7 +275,8 @@ def evaluate_segments(
     model.eval()
     try:
         rows = rows.to(device)
-        total = _score_streams(model, rows[:, :-1], rows[:, 1:], 1024, stop, deadline)
+        chunk_len = eval_chunk_len(rows.shape[0], model.config.vocab_size)
+        total = _score_streams(model, rows[:, :-1], rows[:, 1:], chunk_len, stop, deadline)
         return None if total is None else total.item() / (rows.shape[0] * (rows.shape[1] - 1))
     finally:
         model.train(was_training)
@@ -338,7 +311,6 @@ class _Run:
         self.precision = resolve_precision(config.precision, self.device)
         configure_backends(self.device)
 
-        check_model_fits(model_config, self.device)
         # Initialise on the CPU from the seed, so the same seed gives the same initial
         # weights whichever device trains them.
         torch.manual_seed(config.random_seed)
@@ -733,6 +705,8 @@ def train(
     needed = min_train_chars(config.batch_size, config.seq_len)
     if len(corpus.train) < needed:
         raise ValueError(f"the training text needs at least {needed} characters")
+    # Refuse a run that cannot fit before allocating any of it (ResourceError).
+    check_memory(model_config, config, resolve_device(config.device))
     run = _Run(
         model_config,
         config,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -71,6 +73,39 @@ def describe_chars(chars: Sequence[str], limit: int = 10) -> str:
     """A readable list of characters, escaping the invisible ones: 'x', '\\n', 'é'."""
     shown = ", ".join(repr(c) for c in chars[:limit])
     return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")
+
+
+# `info` lists a vocabulary this size or smaller in full; a larger one as a count per
+# script and a sample (`info --json` always has every character).
+VOCAB_SHOWN = 100
+
+
+def describe_vocab(chars: Sequence[str]) -> str:
+    """'65 characters: ...' in full, or for a large vocabulary a count, the scripts it
+    spans (from the Unicode names) and its first VOCAB_SHOWN // 2 characters."""
+    if len(chars) <= VOCAB_SHOWN:
+        return f"{len(chars)} characters: {describe_chars(chars, limit=VOCAB_SHOWN)}"
+    scripts = Counter(_script(c) for c in chars).most_common()
+    shown = ", ".join(f"{name} {count:,}" for name, count in scripts[:6])
+    if len(scripts) > 6:
+        shown += f", {len(scripts) - 6} more"
+    sample = "".join(c if c.isprintable() and not c.isspace() else "" for c in chars)
+    return (
+        f"{len(chars):,} characters ({shown}); e.g. {sample[: VOCAB_SHOWN // 2]} … "
+        f"{sample[-10:]} (all of them: --json)"
+    )
+
+
+def _script(char: str) -> str:
+    # The first word of the Unicode name is the script for letters ("HANGUL SYLLABLE GA",
+    # "CJK UNIFIED IDEOGRAPH-4E00", "LATIN SMALL LETTER A"); the rest by category.
+    name = unicodedata.name(char, "")
+    category = unicodedata.category(char)
+    if category.startswith("L") and name:
+        return name.split()[0].title().replace("Cjk", "CJK")
+    return {"N": "digits", "P": "punctuation", "S": "symbols", "Z": "spaces", "C": "controls"}.get(
+        category[0], "other"
+    )
 
 
 # Code points handled per numpy pass: bincount and fancy indexing work on int64 copies of

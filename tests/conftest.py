@@ -32,6 +32,7 @@ def shakespeare_head(num_chars: int = 20000) -> str:
 
 def tiny_configs(**overrides) -> tuple[ModelConfig, TrainConfig]:
     model = {"model": "lstm", "hidden_size": 32, "num_layers": 2, "dropout": 0.0}
+    model |= {"input": "auto", "embedding_size": 16}
     run = {
         "batch_size": 4,
         "seq_len": 16,

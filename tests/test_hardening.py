@@ -242,8 +242,11 @@ def test_absurd_sample_sizes_are_refused_before_printing(saved_run, options, nee
 
 def test_absurd_hidden_size_is_refused_before_allocating(tmp_path, corpus_file):
     out = tmp_path / "out"
-    result = invoke("train", corpus_file, "--out", out, *TINY, "--hidden-size", str(10**12))
-    assert_error(result, 2, "--hidden-size", "GiB")
+    for option in (["--hidden-size", str(10**12)], ["--num-layers", str(10**9)]):
+        started = time.monotonic()
+        result = invoke("train", corpus_file, "--out", out, *TINY, *option)
+        assert_error(result, 1, "GB", "memory")
+        assert time.monotonic() - started < 30  # no layer was built
     assert not (out / "last.pt").exists()
 
 

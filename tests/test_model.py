@@ -12,9 +12,16 @@ from charrnn.model import CharRNN, detach_hidden
 V, H, L, T = 7, 5, 2, 9
 
 
-def make(kind: str, seed: int = 0) -> CharRNN:
+INPUTS = ["onehot", "embedding"]  # every input kind charrnn ships
+D = 4  # embedding width: narrower than V, so W_xh = W_ih E really is a low-rank factoring
+
+
+def make(kind: str, seed: int = 0, input: str = "onehot") -> CharRNN:
     torch.manual_seed(seed)
-    model = CharRNN(ModelConfig(model=kind, vocab_size=V, hidden_size=H, num_layers=L))
+    config = ModelConfig(
+        model=kind, vocab_size=V, hidden_size=H, num_layers=L, input=input, embedding_size=D
+    )
+    model = CharRNN(config)
     # Spread the weights so the nonlinearities are exercised, not just their linear part.
     with torch.no_grad():
         for p in model.parameters():
@@ -22,10 +29,18 @@ def make(kind: str, seed: int = 0) -> CharRNN:
     return model.double().eval()
 
 
+def w_xh(model: CharRNN, layer: int) -> torch.Tensor:
+    """The notes' W_xh: (G*H, V) on layer 0, where x_t is one-hot."""
+    w_ih = getattr(model.rnn, f"weight_ih_l{layer}")
+    if layer == 0 and model.config.input == "embedding":
+        return w_ih @ model.embed.weight.T  # W_xh = W_ih E; embed.weight holds E^T, (V, D)
+    return w_ih
+
+
 def weights(model: CharRNN, layer: int):
     rnn = model.rnn
     return (
-        getattr(rnn, f"weight_ih_l{layer}"),
+        w_xh(model, layer),
         getattr(rnn, f"weight_hh_l{layer}"),
         getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}"),
     )
@@ -52,7 +67,7 @@ def reference(model: CharRNN, idx: torch.Tensor) -> torch.Tensor:
                 h[layer] = o * torch.tanh(c[layer])
             else:  # gru, in torch's convention
                 rnn = model.rnn
-                gi = getattr(rnn, f"weight_ih_l{layer}") @ x + getattr(rnn, f"bias_ih_l{layer}")
+                gi = w_xh @ x + getattr(rnn, f"bias_ih_l{layer}")
                 gh = getattr(rnn, f"weight_hh_l{layer}") @ h[layer] + getattr(
                     rnn, f"bias_hh_l{layer}"
                 )
@@ -65,20 +80,29 @@ def reference(model: CharRNN, idx: torch.Tensor) -> torch.Tensor:
     return torch.stack(outputs)
 
 
+@pytest.mark.parametrize("input", INPUTS)
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
-def test_model_computes_the_equations(kind):
-    model = make(kind)
+def test_model_computes_the_equations(kind, input):
+    model = make(kind, input=input)
     idx = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits, _ = model(idx[None])
     torch.testing.assert_close(logits[0], reference(model, idx), rtol=1e-10, atol=1e-10)
 
 
-def test_one_hot_times_w_ih_is_a_column_lookup():
-    model = make("rnn")
-    w_xh = model.rnn.weight_ih_l0
+@pytest.mark.parametrize("input", INPUTS)
+def test_one_hot_times_w_xh_is_a_column_lookup(input):
+    model = make("rnn", input=input)
     x = F.one_hot(torch.tensor(3), V).double()
-    torch.testing.assert_close(w_xh @ x, w_xh[:, 3])
+    torch.testing.assert_close(w_xh(model, 0) @ x, w_xh(model, 0)[:, 3])
+    torch.testing.assert_close(model.input_weight(), w_xh(model, 0))
+
+
+def test_an_embedding_factors_w_xh_through_d_columns():
+    model = make("lstm", input="embedding")
+    assert model.rnn.weight_ih_l0.shape == (4 * H, D)  # W_ih
+    assert model.embed.weight.shape == (V, D)  # E^T
+    assert torch.linalg.matrix_rank(model.input_weight()) <= D < V
 
 
 def loss_of(model: CharRNN, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -86,11 +110,12 @@ def loss_of(model: CharRNN, idx: torch.Tensor, targets: torch.Tensor) -> torch.T
     return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
 
 
+@pytest.mark.parametrize("input", INPUTS)
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
-def test_bptt_gradients_match_numerical_gradients(kind):
+def test_bptt_gradients_match_numerical_gradients(kind, input):
     """min-char-rnn's gradient check: central differences in float64 agree with backprop
     through time for sampled entries of every parameter."""
-    model = make(kind, seed=2)
+    model = make(kind, seed=2, input=input)
     gen = torch.Generator().manual_seed(3)
     idx = torch.randint(0, V, (2, T), generator=gen)
     targets = torch.randint(0, V, (2, T), generator=gen)
@@ -147,9 +172,10 @@ def test_detached_state_stops_gradients_at_the_window_boundary():
     )
 
 
+@pytest.mark.parametrize("input", INPUTS)
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
-def test_every_parameter_gets_a_gradient(kind):
-    model = make(kind)
+def test_every_parameter_gets_a_gradient(kind, input):
+    model = make(kind, input=input)
     idx = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(7))
     loss_of(model, idx, idx.roll(-1, dims=1)).backward()
     for name, p in model.named_parameters():

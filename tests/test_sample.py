@@ -18,9 +18,18 @@ from charrnn.vocab import Vocab
 VOCAB = Vocab("abcdefgh \n")
 
 
-def model_of(kind: str, layers: int = 2) -> CharRNN:
+def model_of(kind: str, layers: int = 2, input: str = "onehot") -> CharRNN:
     torch.manual_seed(0)
-    m = CharRNN(ModelConfig(model=kind, vocab_size=len(VOCAB), hidden_size=16, num_layers=layers))
+    m = CharRNN(
+        ModelConfig(
+            model=kind,
+            vocab_size=len(VOCAB),
+            hidden_size=16,
+            num_layers=layers,
+            input=input,
+            embedding_size=6,
+        )
+    )
     with torch.no_grad():
         for p in m.parameters():
             p.uniform_(-0.5, 0.5)
@@ -31,10 +40,11 @@ def text_of(model, seed="a", **kw) -> str:
     return "".join(t for i, t in generate(model, VOCAB, seed, SampleConfig(**kw)) if i == 0)
 
 
+@pytest.mark.parametrize("input", ["onehot", "embedding"])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("layers", [1, 3])
-def test_numpy_stepper_matches_the_model_step_by_step(kind, layers):
-    model = model_of(kind, layers)
+def test_numpy_stepper_matches_the_model_step_by_step(kind, layers, input):
+    model = model_of(kind, layers, input)
     ids = torch.randint(0, len(VOCAB), (3, 25), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected, _ = model(ids)  # (S, T, V): the whole sequence in one call

@@ -162,6 +162,7 @@ def test_validation_is_bounded_to_evenly_spaced_segments(tmp_path):
     assert rows[0, 0] == ids[0] and rows[-1, -1] == ids[-1]  # from the start to the end
     model = torch.nn.Module()  # a model that predicts uniformly: loss ln(V) whatever it sees
     model.forward = lambda x, h: (torch.zeros(*x.shape, 50), h)  # type: ignore[method-assign]
+    model.config = ModelConfig(vocab_size=50)  # evaluation sizes its chunks by V
     loss = evaluate_segments(model, rows, torch.device("cpu"))
     assert (
         loss

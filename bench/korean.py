@@ -1,0 +1,91 @@
+"""Quality on real Korean text: one-hot input against a learned embedding, at equal time.
+
+    python bench/korean.py                        # 3 seeds x 2 inputs x 90 s each
+    python bench/korean.py --seconds 60 --seeds 1 2 --inputs onehot embedding
+
+The text: the Korean texts bundled in the konlpy package (0.6.0, on PyPI): the
+Constitution of the Republic of Korea (konlpy/data/corpus/kolaw) and ten National
+Assembly bills (konlpy/data/corpus/kobill), 65,199 characters, 559 distinct. konlpy is
+GPLv3; the texts themselves are a constitution and bills, which the Korean Copyright Act
+(Article 7) leaves unprotected. The wheel is fetched with `pip download` (or give
+--wheel); nothing from it is imported or run: the texts are read from the zip.
+
+Each run is `charrnn train` with the defaults except --input, --random-seed, the time
+limit and --eval-every 100; runs are interleaved (onehot s1, embedding s1, onehot s2, ...)
+so a busy machine slows both sides alike. The figure is the best validation loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KONLPY = "konlpy==0.6.0"
+
+
+def korean_text(wheel: str | None, tmp: str) -> str:
+    if wheel is None:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", KONLPY, "-d", tmp],
+            check=True,
+        )
+        wheel = glob.glob(os.path.join(tmp, "konlpy-*.whl"))[0]
+    with zipfile.ZipFile(wheel) as z:
+        names = sorted(
+            n
+            for n in z.namelist()
+            if n.startswith(("konlpy/data/corpus/kolaw/", "konlpy/data/corpus/kobill/"))
+            and n.endswith(".txt")
+        )
+        return "\n".join(z.read(n).decode("utf-8") for n in names)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--wheel", help="a konlpy wheel already downloaded")
+    parser.add_argument("--seconds", type=int, default=90)
+    parser.add_argument("--steps", type=int, help="equal steps instead of equal time")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--inputs", nargs="+", default=["onehot", "embedding"])
+    parser.add_argument("--extra", default="", help="more options for every run")
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="charrnn-korean-")
+    text = korean_text(args.wheel, tmp)
+    path = os.path.join(tmp, "korean.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"corpus: {len(text):,} characters, {len(set(text))} distinct", flush=True)
+    from charrnn.checkpoint import load_checkpoint
+
+    results: dict[str, list[float]] = {name: [] for name in args.inputs}
+    for seed in args.seeds:
+        for name in args.inputs:
+            out = os.path.join(tmp, f"{name}-{seed}")
+            cmd = [sys.executable, "-m", "charrnn", "train", path, "--out", out, "--quiet",
+                   "--input", name, "--random-seed", str(seed), "--eval-every", "100",
+                   *(["--max-steps", str(args.steps)] if args.steps else
+                     ["--time-limit", f"{args.seconds}s"]),
+                   *args.extra.split()]  # fmt: skip
+            subprocess.run(cmd, check=True, cwd=ROOT)
+            ckpt = load_checkpoint(os.path.join(out, "last.pt"))
+            best = ckpt["best_val_loss"]
+            results[name].append(best)
+            hist = ckpt["history"]
+            print(f"  {name} seed {seed}: best val {best:.4f} nats/char in {ckpt['step']} steps, "
+                  f"{hist[-1]['elapsed']:.0f} s", flush=True)  # fmt: skip
+    print("\n| input | seeds | best val loss (nats/char) | median |\n|---|---|---|---|")
+    for name, losses in results.items():
+        shown = ", ".join(f"{x:.4f}" for x in losses)
+        print(f"| {name} | {len(losses)} | {shown} | {statistics.median(losses):.4f} |")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, ROOT)
+    main()
