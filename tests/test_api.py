@@ -333,3 +333,23 @@ def test_init_from_a_missing_or_damaged_checkpoint_writes_nothing(tmp_path):
         )  # fmt: skip
         assert proc.returncode == 1 and needle in proc.stderr, proc.stderr
         assert not out.exists()
+
+
+def test_transplant_grows_an_embedding_by_rows():
+    from charrnn.config import ModelConfig
+    from charrnn.finetune import transplant, union_vocab
+    from charrnn.model import CharRNN
+    from charrnn.vocab import Vocab
+
+    old, text = Vocab("abcdef \n"), Vocab("xyz(a)")
+    new = union_vocab(old, text)
+    config = ModelConfig(vocab_size=len(old), hidden_size=8, input="embedding", embedding_size=4)
+    state = CharRNN(config).state_dict()
+    fresh = CharRNN(ModelConfig(**{**config.to_dict(), "vocab_size": len(new)})).state_dict()
+    got = transplant(state, old, new, fresh)
+    assert got["rnn.weight_ih_l0"].shape == state["rnn.weight_ih_l0"].shape  # D wide: unchanged
+    assert torch.equal(got["rnn.weight_ih_l0"], state["rnn.weight_ih_l0"])
+    for c in old.chars:
+        assert torch.equal(got["embed.weight"][new.index[c]], state["embed.weight"][old.index[c]])
+    for c in "xyz()":
+        assert torch.equal(got["embed.weight"][new.index[c]], fresh["embed.weight"][new.index[c]])
