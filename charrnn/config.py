@@ -68,6 +68,8 @@ class TrainConfig:
     eval_every: int = 1000  # steps between validation passes (and last.pt saves)
     random_seed: int = 1337
     device: str = "auto"
+    # characters of the sample drawn at each evaluation (same seed each time); 0 = none
+    sample_length: int = 200
 
     def __post_init__(self) -> None:
         _positive("--batch-size", self.batch_size)
@@ -88,6 +90,10 @@ class TrainConfig:
             raise UsageError(
                 f"unknown --precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
             )
+        if self.sample_length < 0:
+            raise UsageError(
+                f"--sample-length must be >= 0; 0 turns it off (got {self.sample_length})"
+            )
         for name in ("max_steps", "epochs", "time_limit"):
             value = getattr(self, name)
             if value is not None:
@@ -105,7 +111,7 @@ class TrainConfig:
 DEFAULT_EPOCHS = 10.0
 
 # The only options a resumed run may change; everything else comes from the checkpoint.
-RESUMABLE_OPTIONS = ("max_steps", "epochs", "time_limit", "eval_every", "device")
+RESUMABLE_OPTIONS = ("max_steps", "epochs", "time_limit", "eval_every", "device", "sample_length")
 
 
 @dataclass(frozen=True)
