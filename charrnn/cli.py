@@ -181,10 +181,8 @@ class Reporter:
             self.panel.title = (
                 f"sample at step {e.step} (temperature {_default(SampleConfig, 'temperature'):g})"
             )
-        else:
-            err.print(f"sample at step {e.step}:")
-            for text in e.sample.splitlines() or [""]:
-                err.print(f"  | {text}")
+        else:  # one line, newlines escaped, so each log message stays one line for grep
+            err.print(f"step {e.step} | sample {json.dumps(e.sample, ensure_ascii=False)}")
 
     def stats(self, e: StepDone) -> str:
         return (

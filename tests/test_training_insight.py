@@ -81,12 +81,16 @@ def test_sample_length_option_sets_the_length_and_zero_turns_it_off(tmp_path):
     assert r.returncode == 0, r.stderr
     records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [len(x["sample"]) for x in records] == [31, 31]
-    # Logs (stderr is a pipe here): the sample as plain lines under its heading.
-    assert "sample at step 5:" in r.stderr and "  | " + records[0]["sample"][:10] in r.stderr
+    # Logs (stderr is a pipe here): the sample on one line, as a JSON string.
+    logged = [x for x in r.stderr.splitlines() if x.startswith("step 5 | sample ")]
+    assert (
+        len(logged) == 1
+        and json.loads(logged[0][len("step 5 | sample ") :]) == records[0]["sample"]
+    )
     r = run_cli("train", str(corpus), "--out", str(tmp_path / "b"), *tiny, "--sample-length", "0")
     assert r.returncode == 0, r.stderr
     records = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert all("sample" not in x and "train_loss" in x for x in records)
-    assert "sample at step" not in r.stderr
+    assert "| sample " not in r.stderr
     r = run_cli("train", str(corpus), "--out", str(tmp_path / "c"), *tiny, "--sample-length", "-1")
     assert r.returncode == 2 and "error: --sample-length must be >= 0" in r.stderr
