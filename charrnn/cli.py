@@ -608,3 +608,8 @@ def _info(path: str, as_json: bool) -> None:
 
 def main() -> None:
     app()
+
+
+# The inspection commands (plot, neurons, gradients, novelty) live in their own module;
+# importing it registers them on `app`.
+from . import cli_inspect  # noqa: E402, F401

@@ -30,3 +30,7 @@ class OutputError(CharRNNError):
 
 class TrainingError(CharRNNError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class MissingExtraError(CharRNNError):
+    """A command needs an optional dependency that is not installed."""
