@@ -160,9 +160,11 @@ def _show_unit(rec: neurons.Recording, layer: int, state: str, index: int) -> No
     values = rec.unit(layer, state, index)
     if out.color_system is None or not out.is_terminal:
         # No colour here (a pipe, a file, NO_COLOR): one character and its value a line.
-        out.print("position\tchar\tvalue")
-        for t, (ch, v) in enumerate(zip(rec.text, values, strict=True)):
-            out.print(f"{t}\t{json.dumps(ch, ensure_ascii=False)}\t{v:.4f}")
+        rows = (
+            f"{t}\t{json.dumps(ch, ensure_ascii=False)}\t{v:.4f}\n"
+            for t, (ch, v) in enumerate(zip(rec.text, values, strict=True))
+        )
+        sys.stdout.write("position\tchar\tvalue\n" + "".join(rows))
         return
     scale = float(np.abs(values).max())
     text = Text()

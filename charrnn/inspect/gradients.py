@@ -11,7 +11,8 @@ LSTM Networks").
 
 The cells are stepped here by hand, with torch's own weights and gate order, so every
 h_s is a tensor of the graph whose gradient can be read (torch's fused nn.LSTM exposes
-only the last one). h_s stands for all layers' h at step s together.
+only the last one). h_s stands for all layers' h at step s together: the state the
+model carries from one character to the next.
 """
 
 from __future__ import annotations
@@ -70,10 +71,14 @@ def gradient_norms(
     for s in range(width):
         x = F.one_hot(windows[:, s], cfg.vocab_size).float()  # (B, V)
         for k in range(cfg.num_layers):
-            h[k], c[k] = _step(cfg.model, x, h[k], c[k], *weights[k])
+            out, c[k] = _step(cfg.model, x, h[k], c[k], *weights[k])
+            x = out  # the layer above reads it within this same step
+            # The state carried to step s+1 is a copy of `out`, so its gradient is the
+            # partial derivative with respect to the state at s: the path from this
+            # layer into the layer above at step s belongs to that layer's own h_s.
+            h[k] = out.clone()
             if s >= width - 1 - max_distance:
                 h[k].retain_grad()  # an intermediate: keep its .grad after backward
-            x = h[k]
         if s >= width - 1 - max_distance:
             kept.append(list(h))
     logits = model.head(h[-1])  # (B, V)
@@ -82,7 +87,8 @@ def gradient_norms(
     norms = np.zeros((batch, max_distance + 1, cfg.num_layers), np.float64)
     for distance in range(max_distance + 1):
         for k, hk in enumerate(kept[max_distance - distance]):
-            norms[:, distance, k] = hk.grad.norm(dim=1).double().numpy()
+            if hk.grad is not None:  # None: nothing after it reads it (lower layers at t)
+                norms[:, distance, k] = hk.grad.norm(dim=1).double().numpy()
     model.zero_grad(set_to_none=True)
     return norms
 
