@@ -76,9 +76,7 @@ def main() -> None:
     lookups = sum(len(sample) - n + 1 for n in NGRAM_SIZES)
     ours = statistics.median(build) + statistics.median(query)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        f"corpus {len(corpus) / 1e6:.0f} MB, sample {len(sample):,} chars, {args.rounds} rounds"
-    )
+    print(f"corpus {len(corpus) / 1e6:.0f} MB, sample {len(sample):,} chars, {args.rounds} rounds")
     print(f"ours   index build   median {statistics.median(build):7.2f} s")
     print(f"ours   5,000 chars   median {statistics.median(query):7.2f} s (all positions, all n)")
     print(f"plain  one `in`      median {per_lookup * 1e3:7.1f} ms ({hits}/{len(probes)} found)")

@@ -285,13 +285,19 @@ def _gradients(checkpoint, file, max_distance, positions, as_json, encoding) -> 
         title=f"||dL_t/dh_(t-k)||, {result['model']}, mean over {result['positions']} positions",
         title_justify="left",
     )
-    for col in ("k", "norm", "relative to k=0"):
+    cell = result.get("norms_cell")
+    columns = ["k", "||dL/dh||", "relative to k=0"]
+    columns += ["||dL/dc|| (LSTM cell)", "relative to k=1"] if cell else []
+    for col in columns:
         table.add_column(col, justify="right")
     shown = sorted(
         {k for k in (0, 1, 2, 3, 5, 10, 20, 30, 50, 75, 100) if k <= max_distance} | {max_distance}
     )
     for k in shown:
-        table.add_row(str(k), f"{norms[k]:.3e}", f"{norms[k] / norms[0]:.2e}" if norms[0] else "-")
+        row = [str(k), f"{norms[k]:.3e}", f"{norms[k] / norms[0]:.2e}" if norms[0] else "-"]
+        if cell:  # dL_t/dc_t is 0 (c_t reaches the loss only through h_t): compare to k=1
+            row += [f"{cell[k]:.3e}", f"{cell[k] / cell[1]:.2e}" if cell[1:2] != [0.0] else "-"]
+        table.add_row(*row)
     out.print(table)
     try:
         plt = _plotext()
@@ -299,7 +305,10 @@ def _gradients(checkpoint, file, max_distance, positions, as_json, encoding) -> 
         _warn(f"no plot: {e}")
         return
     positive = [(k, v) for k, v in zip(result["distances"], norms, strict=True) if v > 0]
-    plt.plot([k for k, _ in positive], [v for _, v in positive], marker="braille")
+    plt.plot([k for k, _ in positive], [v for _, v in positive], marker="braille", label="h")
+    if cell:
+        kept = [(k, v) for k, v in enumerate(cell) if v > 0]
+        plt.plot([k for k, _ in kept], [v for _, v in kept], marker="braille", label="c")
     plt.yscale("log")
     plt.title("gradient norm against distance k (log scale)")
     plt.xlabel("k (characters back)")

@@ -203,22 +203,25 @@ def test_neurons_bad_input_is_one_error_line(quote_model, tmp_path):
 # ---------------------------------------------------------------------- gradients
 
 
-def _reference_norm(model: CharRNN, window: torch.Tensor, target: int, k: int) -> float:
-    """||dL/dh_{t-k}|| through torch's own nn module: run it to t-k, then on from a state
-    whose h requires grad (c held as it was), to the loss at t."""
+def _reference_norms(model: CharRNN, window: torch.Tensor, target: int, k: int):
+    """(||dL/dh_{t-k}||, ||dL/dc_{t-k}|| or None) through torch's own nn module: run it to
+    t-k, then on from a state that requires grad, to the loss at t."""
     one_hot = torch.nn.functional.one_hot(window, model.config.vocab_size).float()[None]
     with torch.no_grad():
         _, state = model.rnn(one_hot[:, : len(window) - k])
-    h0 = (state[0] if isinstance(state, tuple) else state).clone().requires_grad_(True)
-    start = (h0, state[1]) if isinstance(state, tuple) else h0
+    lstm = isinstance(state, tuple)
+    h0 = (state[0] if lstm else state).clone().requires_grad_(True)
+    c0 = state[1].clone().requires_grad_(True) if lstm else None
+    start = (h0, c0) if lstm else h0
     if k == 0:
         top = h0[-1]  # (1, H)
     else:
         out, _ = model.rnn(one_hot[:, len(window) - k :], start)
         top = out[:, -1]
     loss = torch.nn.functional.cross_entropy(model.head(top), torch.tensor([target]))
-    (grad,) = torch.autograd.grad(loss, h0)
-    return float(grad.norm())
+    grads = torch.autograd.grad(loss, [h0, c0] if lstm else [h0], allow_unused=True)
+    norms = [0.0 if g is None else float(g.norm()) for g in grads]
+    return norms[0], (norms[1] if lstm else None)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
@@ -227,12 +230,16 @@ def test_gradient_norms_match_torchs_own_backward(kind):
     model = CharRNN(ModelConfig(model=kind, vocab_size=6, hidden_size=10, num_layers=2)).eval()
     windows = torch.randint(0, 6, (3, 30))
     targets = torch.randint(0, 6, (3,))
-    norms = gradients.gradient_norms(model, windows, targets, max_distance=12)  # (B, K+1, L)
-    total = np.sqrt((norms**2).sum(axis=2))
+    norms = gradients.gradient_norms(model, windows, targets, max_distance=12)
+    total = np.sqrt((norms["h"] ** 2).sum(axis=2))  # (B, K+1)
+    assert ("c" in norms) == (kind == "lstm")
     for b in range(3):
         for k in (0, 1, 5, 12):
-            expected = _reference_norm(model, windows[b], int(targets[b]), k)
-            assert total[b, k] == pytest.approx(expected, rel=1e-4)
+            h_norm, c_norm = _reference_norms(model, windows[b], int(targets[b]), k)
+            assert total[b, k] == pytest.approx(h_norm, rel=1e-4)
+            if kind == "lstm":
+                cell = np.sqrt((norms["c"][b, k] ** 2).sum())
+                assert cell == pytest.approx(c_norm, rel=1e-4, abs=1e-9)
 
 
 def test_a_contracting_rnn_forgets_within_a_few_steps():

@@ -55,9 +55,10 @@ def _step(kind: str, x, h, c, w_ih, w_hh, b_ih, b_hh):
 
 def gradient_norms(
     model: CharRNN, windows: torch.Tensor, targets: torch.Tensor, max_distance: int
-) -> np.ndarray:
+) -> dict[str, np.ndarray]:
     """windows (B, W) ids, each read from a zero state; targets (B,) the character after
-    each window. Returns (B, K+1, num_layers): ||dL/dh_{t-k}|| per layer, t = W-1."""
+    each window. Returns {"h": (B, K+1, num_layers)}: ||dL/dh_{t-k}|| per layer, t = W-1,
+    and for an LSTM also "c": ||dL/dc_{t-k}||, the gradient along the cell path."""
     cfg = model.config
     model.eval()
     batch, width = windows.shape
@@ -67,6 +68,7 @@ def gradient_norms(
     h = [zeros] * cfg.num_layers
     c = [zeros] * cfg.num_layers
     kept: list[list[torch.Tensor]] = []  # kept[s][layer]: h of the last K+1 steps
+    kept_c: list[list[torch.Tensor]] = []
     weights = [_weights(model, k) for k in range(cfg.num_layers)]
     for s in range(width):
         x = F.one_hot(windows[:, s], cfg.vocab_size).float()  # (B, V)
@@ -79,17 +81,28 @@ def gradient_norms(
             h[k] = out.clone()
             if s >= width - 1 - max_distance:
                 h[k].retain_grad()  # an intermediate: keep its .grad after backward
+                if c[k] is not None:
+                    c[k] = c[k].clone()  # likewise: c_s as carried to step s+1
+                    c[k].retain_grad()
         if s >= width - 1 - max_distance:
             kept.append(list(h))
+            kept_c.append(list(c))
     logits = model.head(h[-1])  # (B, V)
     # Summed, not averaged: each row's gradient is then exactly its own dL_t/dh.
     F.cross_entropy(logits, targets, reduction="sum").backward()
-    norms = np.zeros((batch, max_distance + 1, cfg.num_layers), np.float64)
-    for distance in range(max_distance + 1):
-        for k, hk in enumerate(kept[max_distance - distance]):
-            if hk.grad is not None:  # None: nothing after it reads it (lower layers at t)
-                norms[:, distance, k] = hk.grad.norm(dim=1).double().numpy()
+    result = {"h": _norms(kept, batch, max_distance, cfg.num_layers)}
+    if cfg.model == "lstm":
+        result["c"] = _norms(kept_c, batch, max_distance, cfg.num_layers)
     model.zero_grad(set_to_none=True)
+    return result
+
+
+def _norms(kept: list[list[torch.Tensor]], batch: int, max_distance: int, layers: int):
+    norms = np.zeros((batch, max_distance + 1, layers), np.float64)
+    for distance in range(max_distance + 1):
+        for k, state in enumerate(kept[max_distance - distance]):
+            if state.grad is not None:  # None: nothing after it reads it (at t itself)
+                norms[:, distance, k] = state.grad.norm(dim=1).double().numpy()
     return norms
 
 
@@ -100,7 +113,8 @@ def gradient_reach(
     num_positions: int = DEFAULT_POSITIONS,
 ) -> dict:
     """The norm of dL_t/dh_{t-k} (all layers' h together) averaged over positions t of
-    the text, for k = 0 ... max_distance; also per layer."""
+    the text, for k = 0 ... max_distance; also per layer, and for an LSTM the norm of
+    dL_t/dc_{t-k} (norms_cell)."""
     if max_distance < 0:
         raise UsageError(f"--max-distance must be >= 0 (got {max_distance})")
     if num_positions < 1:
@@ -116,14 +130,20 @@ def gradient_reach(
     starts = np.unique(np.linspace(0, last, num_positions).round().astype(np.int64))
     windows = torch.stack([ids[s : s + width] for s in starts]).long()  # (B, W)
     targets = torch.stack([ids[s + width] for s in starts]).long()  # (B,)
-    per = gradient_norms(model, windows, targets, max_distance)  # (B, K+1, L)
+    grads = gradient_norms(model, windows, targets, max_distance)
+    per = grads["h"]  # (B, K+1, L)
     total = np.sqrt((per**2).sum(axis=2))  # (B, K+1): the norm over all layers' h
+    extra = {}
+    if "c" in grads:
+        cell = np.sqrt((grads["c"] ** 2).sum(axis=2)).mean(axis=0)  # (K+1,)
+        extra["norms_cell"] = [float(v) for v in cell]
     return {
         "distances": list(range(max_distance + 1)),
         "norms": [float(v) for v in total.mean(axis=0)],
         "norms_by_layer": [
             [float(v) for v in per[:, :, k].mean(axis=0)] for k in range(per.shape[2])
         ],
+        **extra,
         "positions": len(starts),
         "model": model.config.model,
     }
