@@ -9,10 +9,8 @@ h and c and the four gates of each layer, in torch's order and names:
     i, f, g, o = σ(·), σ(·), tanh(·), σ(·)   of   W_ih x_t + b_ih + W_hh h_{t-1} + b_hh
     c_t = f ⊙ c_{t-1} + i ⊙ g          h_t = o ⊙ tanh(c_t)
 
-(GRU: r, z, n and h; vanilla RNN: h.) Each layer runs as torch's own single-layer module
-over a chunk of the text, which gives h exactly; the gates are then recomputed for the
-whole chunk at once from the layer's input and h_{t-1}, and c follows from them with
-the elementwise recurrence above.
+(GRU: r, z, n and h; vanilla RNN: h.) The equations run in numpy from the model's own
+weights, a chunk of the text at a time, layer by layer.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from ..model import CharRNN
 
@@ -59,22 +56,47 @@ def max_chars(model: CharRNN, memory_mb: float) -> int:
     return max(1, int(memory_mb * 2**20) // bytes_per_char(model))
 
 
-def _single_layers(model: CharRNN) -> list[nn.Module]:
-    """Each layer of the model's stack as its own one-layer torch module, same weights."""
-    cfg = model.config
-    cls = type(model.rnn)
-    layers = []
-    for k in range(cfg.num_layers):
-        input_size = cfg.vocab_size if k == 0 else cfg.hidden_size
-        kwargs = {"nonlinearity": "tanh"} if cfg.model == "rnn" else {}
-        layer = cls(input_size, cfg.hidden_size, num_layers=1, batch_first=True, **kwargs)
-        state = {
-            f"{name}_l0": getattr(model.rnn, f"{name}_l{k}")
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        }
-        layer.load_state_dict(state)
-        layers.append(layer.eval())
-    return layers
+def _layer_weights(model: CharRNN, k: int) -> tuple[np.ndarray, ...]:
+    """Layer k's (W_ih^T, W_hh^T, b_ih, b_hh) as float32 numpy, torch's gate order."""
+    rnn = model.rnn
+    w_ih, w_hh, b_ih, b_hh = (
+        getattr(rnn, f"{name}_l{k}").detach().float().cpu().numpy()
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    )
+    return np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), b_ih, b_hh
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # σ(z), without overflow in exp
+
+
+def _run_layer(kind: str, pre_x: np.ndarray, w_hh_t, b_hh, h, c) -> dict[str, np.ndarray]:
+    """One layer over a chunk: pre_x (T, G*H) = W_ih x_t + b_ih for every t at once; only
+    the W_hh h_{t-1} part is sequential. Returns each state (T, H) float32; h and c are
+    updated in place (the state carried to the next chunk)."""
+    steps, hs = len(pre_x), len(h)
+    names = STATES[kind]
+    out = {n: np.empty((steps, hs), np.float32) for n in names}
+    for t in range(steps):
+        gh = h @ w_hh_t + b_hh  # (G*H,)
+        if kind == "lstm":
+            z = pre_x[t] + gh
+            i, f, o = _sigmoid(z[:hs]), _sigmoid(z[hs : 2 * hs]), _sigmoid(z[3 * hs :])
+            g = np.tanh(z[2 * hs : 3 * hs])
+            c[:] = f * c + i * g  # the additive cell path
+            h[:] = o * np.tanh(c)
+            out["c"][t], out["i"][t], out["f"][t], out["g"][t], out["o"][t] = c, i, f, g, o
+        elif kind == "gru":
+            gx = pre_x[t]
+            r = _sigmoid(gx[:hs] + gh[:hs])
+            z = _sigmoid(gx[hs : 2 * hs] + gh[hs : 2 * hs])
+            n = np.tanh(gx[2 * hs :] + r * gh[2 * hs :])
+            h[:] = (1.0 - z) * n + z * h
+            out["r"][t], out["z"][t], out["n"][t] = r, z, n
+        else:
+            h[:] = np.tanh(pre_x[t] + gh)
+        out["h"][t] = h
+    return out
 
 
 @torch.no_grad()
@@ -84,72 +106,33 @@ def record(
     text: str,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Recording:
-    """Run `model` over `ids` (T,) from a zero state; keep every state after each char."""
+    """Run `model` over `ids` (T,) from a zero state; keep every state after each char.
+
+    The recurrence runs in numpy, one step at a time: for a batch of one, torch's
+    per-call overhead would dominate (see charrnn/sample.py); a test checks the result
+    against the model's own forward pass."""
     cfg = model.config
     kind, hs, num = cfg.model, cfg.hidden_size, len(ids)
     names = STATES[kind]
     states = {(k, s): np.empty((num, hs), np.float16) for k in range(cfg.num_layers) for s in names}
-    layers = _single_layers(model)
-    carried: list = [None] * cfg.num_layers  # each layer's state at the chunk boundary
+    weights = [_layer_weights(model, k) for k in range(cfg.num_layers)]
+    # Each text starts from a zero state; h and c carry across chunks.
+    h = [np.zeros(hs, np.float32) for _ in range(cfg.num_layers)]
+    c = [np.zeros(hs, np.float32) for _ in range(cfg.num_layers)]
+    ids_np = np.asarray(ids, dtype=np.int64)
     for start in range(0, num, CHUNK):
-        x_ids = ids[start : start + CHUNK].long()
-        t = len(x_ids)
-        x = torch.nn.functional.one_hot(x_ids, cfg.vocab_size).float()  # (T, V)
-        for k, layer in enumerate(layers):
-            out, new = layer(x[None], _batched(carried[k]))  # out (1, T, H)
-            h = out[0]  # (T, H)
-            if carried[k] is None:
-                h0 = h.new_zeros(1, hs)  # each text starts from a zero state
-            else:
-                h0 = carried[k][0] if kind == "lstm" else carried[k]  # (1, H)
-            h_prev = torch.cat([h0, h[:-1]])  # (T, H): the state each step starts from
-            pre_x = x @ layer.weight_ih_l0.T + layer.bias_ih_l0  # (T, G*H)
-            pre_h = h_prev @ layer.weight_hh_l0.T + layer.bias_hh_l0  # (T, G*H)
-            values = {"h": h}
-            if kind == "lstm":
-                i, f, g, o = (pre_x + pre_h).chunk(4, dim=1)  # torch's gate order
-                i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
-                c0 = carried[k][1] if carried[k] is not None else h.new_zeros(1, hs)
-                values.update(c=_cell_states(i, f, g, c0[0]), i=i, f=f, g=g, o=o)
-            elif kind == "gru":
-                xr, xz, xn = pre_x.chunk(3, dim=1)
-                hr, hz, hn = pre_h.chunk(3, dim=1)
-                r, z = (xr + hr).sigmoid(), (xz + hz).sigmoid()
-                values.update(r=r, z=z, n=(xn + r * hn).tanh())
+        chunk = ids_np[start : start + CHUNK]
+        below = None
+        for k, (w_ih_t, w_hh_t, b_ih, b_hh) in enumerate(weights):
+            # One-hot x_t times W_ih is a row of W_ih^T: layer 0 looks its inputs up.
+            pre_x = (w_ih_t[chunk] if k == 0 else below @ w_ih_t) + b_ih  # (T, G*H)
+            values = _run_layer(kind, pre_x, w_hh_t, b_hh, h[k], c[k])
             for s in names:
-                states[(k, s)][start : start + t] = values[s].numpy()
-            carried[k] = _unbatched(new)
-            x = h  # the next layer's input (no dropout: the model is evaluated)
+                states[(k, s)][start : start + len(chunk)] = values[s]
+            below = values["h"]  # the next layer's input (no dropout: evaluation)
         if on_progress is not None:
-            on_progress(start + t, num)
+            on_progress(start + len(chunk), num)
     return Recording(kind, text[:num], cfg.num_layers, hs, states)
-
-
-def _cell_states(i: torch.Tensor, f: torch.Tensor, g: torch.Tensor, c0: torch.Tensor):
-    """c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t for the chunk, (T, H): the LSTM's additive path."""
-    ig = (i * g).numpy()  # (T, H)
-    fn = f.numpy()
-    c = np.empty_like(ig)
-    prev = c0.numpy()
-    for t in range(len(ig)):
-        prev = fn[t] * prev + ig[t]
-        c[t] = prev
-    return torch.from_numpy(c)
-
-
-def _batched(state):
-    if state is None:
-        return None
-    if isinstance(state, tuple):
-        return tuple(s.unsqueeze(1) for s in state)
-    return state.unsqueeze(1)
-
-
-def _unbatched(state):
-    # torch returns (num_layers=1, batch=1, H); keep (1, H) per part.
-    if isinstance(state, tuple):
-        return tuple(s[:, 0] for s in state)
-    return state[:, 0]
 
 
 # ---------------------------------------------------------------------- features
