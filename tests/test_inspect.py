@@ -6,6 +6,7 @@ checked in-process against an independent computation (torch's own modules).
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -19,8 +20,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import SHAKESPEARE, run_cli, shakespeare_head, tiny_run
+from rich.console import Console
 from typer.testing import CliRunner
 
+import charrnn.cli_inspect
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.cli import app
 from charrnn.config import ModelConfig
@@ -349,3 +352,23 @@ def test_plot_without_the_extra_names_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydivsufsort", None)
     result = runner.invoke(app, ["novelty", "--corpus", SHAKESPEARE, "-"], input="hello")
     assert result.exit_code == 1 and "pip install 'charrnn[novelty]'" in result.stderr
+
+
+def test_unit_colours_each_character_on_a_truecolor_terminal(
+    quote_model, quote_report, monkeypatch
+):
+    ckpt, text = quote_model
+    report, _ = quote_report
+    best = report["features"]["in_quotes"][0]
+    screen = io.StringIO()
+    term = Console(file=screen, force_terminal=True, color_system="truecolor", width=100)
+    monkeypatch.setattr(charrnn.cli_inspect, "out", term)
+    spec = f"0:{best['state']}:{best['unit']}"
+    result = runner.invoke(app, ["neurons", str(ckpt), str(text), "--unit", spec])
+    assert result.exit_code == 0, result.output
+    backgrounds = re.findall(r"\x1b\[[0-9;]*48;2;(\d+);(\d+);(\d+)", screen.getvalue())
+    assert len(backgrounds) >= 1000  # a 24-bit background per character (runs may merge)
+    # Both signs appear: red-ish (r > b) for one quote state, blue-ish for the other.
+    reds = sum(int(r) > int(b) for r, _, b in backgrounds)
+    blues = sum(int(b) > int(r) for r, _, b in backgrounds)
+    assert reds > 100 and blues > 100
