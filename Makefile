@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 CORPUS ?= corpora/tinyshakespeare.txt
 
-.PHONY: install demo test lint format bench bench-quick clean
+.PHONY: install demo test lint format bench bench-quick bench-novelty clean
 
 install: $(STAMP)
 
@@ -37,6 +37,9 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) bench/run.py --quick
+
+bench-novelty: $(STAMP)
+	$(PY) bench/novelty.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

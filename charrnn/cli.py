@@ -20,9 +20,12 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.markup import escape
+from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from . import __version__, api
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -234,7 +237,10 @@ class Reporter:
         self.last_log = 0.0
         self.val = "-"
         self.progress: Progress | None = None
+        self.display: Live | None = None  # the bar, with the latest sample's panel below it
+        self.panel: Panel | None = None
         self.task = None
+        self.last_step: StepDone | None = None
 
     def __call__(self, event: Any) -> None:
         if isinstance(event, Notice):
@@ -252,11 +258,7 @@ class Reporter:
         if isinstance(event, RunStarted):
             self.started(event)
         elif isinstance(event, Evaluated):
-            self.val = f"{event.val_loss:.4f} ({event.val_bpc:.3f} bpc)"
-            self.line(
-                f"step {event.step} | epoch {event.epoch:.2f} | val loss {event.val_loss:.4f} "
-                f"nats/char, {event.val_bpc:.3f} bits/char{' (best)' if event.is_best else ''}"
-            )
+            self.evaluated(event)
         elif isinstance(event, StepDone):
             self.step(event)
 
@@ -283,13 +285,40 @@ class Reporter:
                 transient=False,
             )
             self.task = self.progress.add_task("train", total=None, stats="")
-            self.progress.start()
+            self.panel = Panel(Text("(after the first evaluation)"), title="sample", expand=True)
+            self.display = Live(Group(self.progress, self.panel), console=err, refresh_per_second=4)
+            self.display.start()
 
-    def step(self, e: StepDone) -> None:
-        stats = (
+    def evaluated(self, e: Evaluated) -> None:
+        self.val = f"{e.val_loss:.4f} ({e.val_bpc:.3f} bpc)"
+        train = f"train loss {e.train_loss:.4f} | " if e.train_loss is not None else ""
+        self.line(
+            f"step {e.step} | epoch {e.epoch:.2f} | {train}val loss {e.val_loss:.4f} "
+            f"nats/char, {e.val_bpc:.3f} bits/char{' (best)' if e.is_best else ''}"
+        )
+        if self.last_step is not None and self.progress is not None:
+            # The run may end with this evaluation, with no step after it to redraw the
+            # bar: refresh its stats now, or it keeps showing the previous val loss.
+            self.progress.update(self.task, stats=self.stats(self.last_step))
+        if e.sample is None:
+            return
+        if self.panel is not None:
+            self.panel.renderable = Text(e.sample)
+            self.panel.title = (
+                f"sample at step {e.step} (temperature {_default(SampleConfig, 'temperature'):g})"
+            )
+        else:  # one line, newlines escaped, so each log message stays one line for grep
+            err.print(f"step {e.step} | sample {json.dumps(e.sample, ensure_ascii=False)}")
+
+    def stats(self, e: StepDone) -> str:
+        return (
             f"epoch {e.epoch:.2f} | loss {e.loss:.4f} | val {self.val} | "
             f"{e.chars_per_sec:,.0f} chars/s | eta {_fmt_time(e.eta)}"
         )
+
+    def step(self, e: StepDone) -> None:
+        self.last_step = e
+        stats = self.stats(e)
         if self.progress is not None:
             total = e.plan_steps
             self.progress.update(self.task, completed=e.step, total=total, stats=stats)
@@ -300,15 +329,14 @@ class Reporter:
     def line(self, text: str) -> None:
         if self.quiet:
             return
-        if self.progress is not None:
-            self.progress.console.print(text)
-        else:
-            err.print(text)
+        err.print(text)  # above the live display while there is one
 
     def stop_live(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        if self.display is not None:
+            self.display.stop()
+            self.display = None
+        self.progress = None
+        self.panel = None
 
 
 _signal_seen: list[str] = []  # the signal that ended a run before training began
@@ -418,6 +446,11 @@ def train_cmd(
         help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.",
     ),
     random_seed: int = _opt(TrainConfig, "random_seed", "Seed for initialisation and dropout."),
+    sample_length: int = _opt(
+        TrainConfig,
+        "sample_length",
+        "Characters of the fixed-seed sample shown and logged at each evaluation (0: none).",
+    ),
     encoding: str = typer.Option("utf-8", help="Text encoding of the corpus."),
     cache_dir: str = typer.Option(
         None,
@@ -823,3 +856,8 @@ def main() -> None:
             with contextlib.suppress(OSError, ValueError):
                 stream.reconfigure(encoding="utf-8")
     app()
+
+
+# The inspection commands (plot, neurons, gradients, novelty) live in their own module;
+# importing it registers them on `app`.
+from . import cli_inspect  # noqa: E402, F401

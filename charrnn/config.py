@@ -133,6 +133,8 @@ class TrainConfig:
     eval_every: int = 1000  # steps between validation passes (and last.pt saves)
     random_seed: int = 1337
     device: str = "auto"
+    # characters of the sample drawn at each evaluation (same seed each time); 0 = none
+    sample_length: int = 200
 
     def __post_init__(self) -> None:
         _positive("--batch-size", self.batch_size)
@@ -160,6 +162,11 @@ class TrainConfig:
                 f"unknown --precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}",
             )
         _check_seed(self.random_seed, TRAIN_SEED_RANGE)
+        if self.sample_length < 0:
+            raise _bad(
+                "--sample-length",
+                f"--sample-length must be >= 0; 0 turns it off (got {self.sample_length})",
+            )
         for name in ("max_steps", "epochs", "time_limit"):
             value = getattr(self, name)
             if value is not None:
@@ -179,7 +186,7 @@ DEFAULT_EPOCHS = 10.0
 # The limits: whichever comes first ends a run; given on --resume, they replace the old set.
 LIMIT_OPTIONS = ("max_steps", "epochs", "time_limit")
 # The only options a resumed run may change; everything else comes from the checkpoint.
-RESUMABLE_OPTIONS = (*LIMIT_OPTIONS, "eval_every", "device")
+RESUMABLE_OPTIONS = (*LIMIT_OPTIONS, "eval_every", "device", "sample_length")
 
 
 # Bounds that keep `sample` from promising what it cannot do: a length no run will reach

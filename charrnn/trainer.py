@@ -25,13 +25,14 @@ from .checkpoint import (
     discard_temporary,
     write_temporary,
 )
-from .config import DEFAULT_EPOCHS, ModelConfig, TrainConfig
+from .config import DEFAULT_EPOCHS, ModelConfig, SampleConfig, TrainConfig
 from .corpus import Corpus
 from .device import autocast, configure_backends, resolve_device, resolve_precision
 from .errors import CheckpointError, OutputError, TrainingError
 from .memory import EVAL_LOGITS_BYTES, check_memory
 from .model import CharRNN, Hidden, detach_hidden, hidden_from_list, hidden_to_list
 from .rundir import RunDir
+from .sample import generate
 
 LN2 = math.log(2.0)
 
@@ -85,6 +86,8 @@ class Evaluated:
     val_bpc: float  # bits/char
     is_best: bool
     elapsed: float
+    train_loss: float | None = None  # mean over the windows since the previous evaluation
+    sample: str | None = None  # fixed-seed sample, comparable across evaluations
 
 
 @dataclass
@@ -348,6 +351,9 @@ class _Run:
         self.hidden: Hidden | None = None
         self.plan: int | None = self.limit if config.time_limit is None else None
         self.clock_plan = False  # True once this invocation planned from measured speed
+        # Training loss summed over the windows since the last evaluation (train_loss).
+        self.loss_sum = 0.0
+        self.loss_count = 0
         if resume is not None:
             try:
                 self._restore(resume)
@@ -468,6 +474,9 @@ class _Run:
         if is_best:
             self.best_val = val
         self.last_val = val
+        train_loss = self.loss_sum / self.loss_count if self.loss_count else None
+        self.loss_sum, self.loss_count = 0.0, 0
+        sample = self.draw_sample()
         record = {
             "step": self.step,
             "epoch": round(self.progress_epoch(), 4),
@@ -478,11 +487,46 @@ class _Run:
             "elapsed": round(elapsed, 3),
             "time": time.time(),
         }
+        if train_loss is not None:
+            record["train_loss"] = train_loss
+        if sample is not None:
+            record["sample"] = sample
         self.history.append(record)
         self.save(also_best=is_best)
         self.run_dir.append_metrics(record)
-        self.emit(Evaluated(self.step, self.progress_epoch(), val, val / LN2, is_best, elapsed))
+        self.emit(
+            Evaluated(
+                self.step,
+                self.progress_epoch(),
+                val,
+                val / LN2,
+                is_best,
+                elapsed,
+                train_loss=train_loss,
+                sample=sample,
+            )
+        )
         return val
+
+    def draw_sample(self) -> str | None:
+        """A short sample from the same seed at every evaluation, as min-char-rnn prints
+        while it trains: the same random numbers each time, so the differences between
+        two samples come from the weights alone."""
+        if self.config.sample_length == 0:
+            return None
+        vocab = self.corpus.vocab
+        seed = vocab.chars[int(self.corpus.train[0])]
+        # numpy takes seeds from 0 to 2**64 - 1; torch's (the run's) may be negative.
+        seed_bits = self.config.random_seed % 2**64
+        config = SampleConfig(length=self.config.sample_length, random_seed=seed_bits)
+        was_training = self.model.training
+        try:
+            # numpy draws only: the torch RNG (dropout) is untouched, so resuming stays exact.
+            return "".join(
+                text for _, text in generate(self.model, vocab, seed, config, self.device)
+            )
+        finally:
+            self.model.train(was_training)
 
     def plan_from_time(self, elapsed: float, step_time: float, eval_time: float) -> None:
         """Fix the schedule's length so the decay ends when the time limit does."""
@@ -587,6 +631,8 @@ class _Run:
             self.window += 1
             if ok:
                 bad_steps = 0
+                self.loss_sum += loss
+                self.loss_count += 1
             else:
                 bad_steps += 1
                 self.emit(

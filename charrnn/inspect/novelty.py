@@ -1,0 +1,135 @@
+"""Is the model writing or reciting? Which parts of a text also occur in the training text.
+
+For every position i of the sample we find the longest prefix of sample[i:] that occurs
+anywhere in the corpus (its "matching statistic"). The n-gram starting at i was copied
+exactly when that length is at least n, and the longest copied substring is the largest
+of them. One suffix array of the corpus answers each position with a binary search:
+suffixes that share a prefix with the query sit next to the place where the query would
+be inserted in sorted order, so the longest match is with one of the two neighbours.
+
+The index is built on the UTF-8 bytes (libdivsufsort, via pydivsufsort: O(N) memory of
+4 bytes per byte of corpus). A match that starts on a character boundary of valid UTF-8
+covers whole characters, so byte matches turn into character counts exactly.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import MissingExtraError, UsageError
+
+NGRAM_SIZES = (5, 10, 20, 40)
+# Bytes of the query compared in one binary search; doubled for longer copies.
+_QUERY_BYTES = 512
+
+
+@dataclass
+class Novelty:
+    ngrams: dict[int, float | None]  # n -> share of the sample's n-grams found in the corpus
+    longest_length: int  # characters
+    longest_text: str
+    num_chars: int
+
+    def to_dict(self) -> dict:
+        return {
+            "ngrams": {str(n): share for n, share in self.ngrams.items()},
+            "longest_copied": {"length": self.longest_length, "text": self.longest_text},
+            "num_chars": self.num_chars,
+        }
+
+
+class CorpusIndex:
+    """A suffix array over the corpus's UTF-8 bytes, for longest-match queries."""
+
+    def __init__(self, text: str):
+        try:
+            from pydivsufsort import divsufsort
+        except ImportError:
+            raise MissingExtraError(
+                "charrnn novelty needs pydivsufsort: pip install 'charrnn[novelty]'"
+            ) from None
+        self.data = text.encode("utf-8")
+        # divsufsort hands the buffer to C through ctypes, which wants it writable.
+        self.sa = np.asarray(divsufsort(bytearray(self.data)))  # (N,) int32 / int64
+        self.size = len(self.data)
+
+    def longest_match(self, query: bytes) -> int:
+        """The length in bytes of the longest prefix of `query` found in the corpus."""
+        data, sa, q = self.data, self.sa, len(query)
+        lo, hi = 0, self.size
+        while lo < hi:
+            mid = (lo + hi) // 2
+            start = int(sa[mid])
+            if data[start : start + q] < query:
+                lo = mid + 1
+            else:
+                hi = mid
+        best = 0
+        for j in (lo - 1, lo):
+            if 0 <= j < self.size:
+                start = int(sa[j])
+                best = max(best, _common_prefix(query, data[start : start + q]))
+        return best
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """Length of the common prefix, by binary search over slice equality (memcmp)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def matching_lengths(
+    index: CorpusIndex,
+    sample: str,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[int]:
+    """For each character position i, the length (in characters) of the longest
+    substring starting at i that occurs in the corpus."""
+    raw = sample.encode("utf-8")
+    # offsets[i]: where character i starts in `raw`; offsets[-1] == len(raw).
+    offsets = [0]
+    for ch in sample:
+        offsets.append(offsets[-1] + len(ch.encode("utf-8")))
+    lengths = []
+    for i in range(len(sample)):
+        start = offsets[i]
+        width = _QUERY_BYTES
+        while True:
+            query = raw[start : start + width]
+            match = index.longest_match(query)
+            if match < len(query) or start + width >= len(raw):
+                break
+            width *= 2  # the whole window matched: look further
+        # Whole characters within `match` bytes.
+        lengths.append(bisect_right(offsets, start + match) - 1 - i)
+        if on_progress is not None and (i % 1024 == 0 or i + 1 == len(sample)):
+            on_progress(i + 1, len(sample))
+    return lengths
+
+
+def novelty(
+    index: CorpusIndex,
+    sample: str,
+    sizes: Sequence[int] = NGRAM_SIZES,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Novelty:
+    """Shares of the sample's n-grams found in the corpus, and its longest copy."""
+    if not sample:
+        raise UsageError("the text to check is empty: give a file or pipe a sample in")
+    lengths = matching_lengths(index, sample, on_progress)
+    shares: dict[int, float | None] = {}
+    for n in sizes:
+        count = len(sample) - n + 1  # n-grams in the sample
+        shares[n] = sum(1 for m in lengths[:count] if m >= n) / count if count > 0 else None
+    best = max(range(len(sample)), key=lambda i: lengths[i])
+    return Novelty(shares, lengths[best], sample[best : best + lengths[best]], len(sample))
