@@ -46,5 +46,7 @@ class CacheError(CharRNNError):
 
 class ResourceError(CharRNNError):
     """The run would need more memory than the machine has: refused before allocating."""
+
+
 class MissingExtraError(CharRNNError):
     """A command needs an optional dependency that is not installed."""
