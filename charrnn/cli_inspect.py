@@ -18,7 +18,13 @@ import torch
 import typer
 from rich.color import Color
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
@@ -32,6 +38,7 @@ from .vocab import describe_chars, encode_in
 
 out = Console(highlight=False, soft_wrap=True)
 PLOT_EXTRA = curves.PLOT_EXTRA
+SHOW_CHARS = 300  # of the longest copied substring, in the table view
 
 
 @contextlib.contextmanager
@@ -43,7 +50,7 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
     bar = Progress(
         TextColumn(label),
         BarColumn(bar_width=30),
-        TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+        MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=err,
         transient=True,
@@ -352,7 +359,10 @@ def _novelty(sample_path: str, corpus_path: str, as_json: bool, encoding: str) -
     for n, share in result.ngrams.items():
         table.add_row(str(n), "-" if share is None else f"{share:.1%}")
     out.print(table)
+    shown = result.longest_text[:SHOW_CHARS]
+    more = len(result.longest_text) - len(shown)
     out.print(
         f"longest copied substring: {result.longest_length} characters: "
-        f"{json.dumps(result.longest_text, ensure_ascii=False)}"
+        f"{json.dumps(shown, ensure_ascii=False)}"
+        + (f" … ({more:,} more; --json prints it whole)" if more else "")
     )

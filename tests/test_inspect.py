@@ -298,6 +298,9 @@ def test_novelty_of_a_slice_of_the_corpus_is_all_copied():
     result = json.loads(r.stdout)
     assert result["ngrams"] == {"5": 1.0, "10": 1.0, "20": 1.0, "40": 1.0}
     assert result["longest_copied"] == {"length": 2000, "text": piece}
+    r = invoke("novelty", "--corpus", SHAKESPEARE, input=piece)
+    assert "longest copied substring: 2000 characters: " in r.stdout
+    assert "… (1,700 more; --json prints it whole)" in r.stdout
 
 
 def test_novelty_of_text_the_corpus_never_holds_is_nothing_at_20(tmp_path):
@@ -375,6 +378,10 @@ def test_unit_colours_each_character_on_a_truecolor_terminal(
     screen = io.StringIO()
     term = Console(file=screen, force_terminal=True, color_system="truecolor", width=100)
     monkeypatch.setattr(charrnn.cli_inspect, "out", term)
+    # stderr a terminal too: the progress bar is drawn there while the units are recorded.
+    progress = io.StringIO()
+    err_term = Console(file=progress, force_terminal=True, width=100)
+    monkeypatch.setattr(charrnn.cli_inspect, "err", err_term)
     spec = f"0:{best['state']}:{best['unit']}"
     result = runner.invoke(app, ["neurons", str(ckpt), str(text), "--unit", spec])
     assert result.exit_code == 0, result.output
@@ -384,3 +391,4 @@ def test_unit_colours_each_character_on_a_truecolor_terminal(
     reds = sum(int(r) > int(b) for r, _, b in backgrounds)
     blues = sum(int(b) > int(r) for r, _, b in backgrounds)
     assert reds > 100 and blues > 100
+    assert "recording units" in progress.getvalue() and "4000/4000" in progress.getvalue()
