@@ -330,13 +330,21 @@ def novelty_cmd(
     sample: str = typer.Argument("-", help="Text to check (a file, or - for stdin)."),
     corpus: str = typer.Option(..., "--corpus", help="The training text."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    index_path: str = typer.Option(
+        None,
+        "--index",
+        help="Keep the corpus's suffix array in this file: built once, reused while the "
+        "corpus is unchanged.",
+    ),
     encoding: str = typer.Option("utf-8", help="Text encoding of both texts."),
 ) -> None:
     """Writing or reciting? The share of a text's n-grams found in the training text."""
-    _guarded(lambda: _novelty(sample, corpus, as_json, encoding))
+    _guarded(lambda: _novelty(sample, corpus, as_json, index_path, encoding))
 
 
-def _novelty(sample_path: str, corpus_path: str, as_json: bool, encoding: str) -> None:
+def _novelty(
+    sample_path: str, corpus_path: str, as_json: bool, index_path: str | None, encoding: str
+) -> None:
     if sample_path == "-" and sys.stdin.isatty():
         raise UsageError(
             "give the text to check as a file, or pipe it in (e.g. charrnn sample | ...)"
@@ -345,9 +353,19 @@ def _novelty(sample_path: str, corpus_path: str, as_json: bool, encoding: str) -
     sample = read_text(sample_path, encoding)
     for w in train.warnings + sample.warnings:
         _warn(w)
-    if err.is_terminal:
-        err.print(f"indexing {train.name} ({len(train.text):,} characters) ...")
-    index = novelty.CorpusIndex(train.text)
+    if index_path and os.path.exists(index_path) and not novelty.is_index(index_path):
+        raise OutputError(
+            f"--index {index_path!r} exists and is not a charrnn novelty index: "
+            "name a new file (e.g. corpus.sa.npy) so nothing is overwritten"
+        )
+    index = novelty.load_index(train.text, index_path) if index_path else None
+    if index is None:
+        if err.is_terminal:
+            err.print(f"indexing {train.name} ({len(train.text):,} characters) ...")
+        index = novelty.CorpusIndex(train.text)
+        if index_path:
+            index.save(index_path)
+            err.print(f"saved the index of {train.name} to {index_path}")
     with _progress("matching") as on_progress:
         result = novelty.novelty(index, sample.text, on_progress=on_progress)
     if as_json:

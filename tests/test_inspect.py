@@ -392,3 +392,24 @@ def test_unit_colours_each_character_on_a_truecolor_terminal(
     blues = sum(int(b) > int(r) for r, _, b in backgrounds)
     assert reds > 100 and blues > 100
     assert "recording units" in progress.getvalue() and "4000/4000" in progress.getvalue()
+
+
+def test_novelty_index_is_built_once_reused_and_rebuilt_for_another_corpus(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(shakespeare_head(20000))
+    index = tmp_path / "c.sa.npy"
+    piece = shakespeare_head(20000)[5000:5400] + " qqxxzz"
+    first = invoke("novelty", "--corpus", corpus, "--index", index, "--json", input=piece)
+    assert first.returncode == 0 and f"saved the index of {corpus} to {index}" in first.stderr
+    stamp = index.stat().st_mtime_ns
+    again = invoke("novelty", "--corpus", corpus, "--index", index, "--json", input=piece)
+    assert again.stdout == first.stdout and again.stderr == ""  # loaded, not rebuilt
+    assert index.stat().st_mtime_ns == stamp
+    corpus.write_text(shakespeare_head(20000).replace("e", "E"))  # another text, same length
+    other = invoke("novelty", "--corpus", corpus, "--index", index, "--json", input=piece)
+    assert "saved the index" in other.stderr  # the stale index was not trusted
+    assert json.loads(other.stdout)["ngrams"]["20"] < json.loads(first.stdout)["ngrams"]["20"]
+    # A file that is not an index is never overwritten.
+    r = invoke("novelty", "--corpus", corpus, "--index", corpus, input=piece)
+    assert r.returncode == 1 and "is not a charrnn novelty index" in r.stderr
+    assert corpus.read_text() == shakespeare_head(20000).replace("e", "E")
