@@ -62,7 +62,8 @@ def main() -> None:
     rng = random.Random(2)
     probes = [sample[i : i + 20] for i in rng.sample(range(4000), 20)]  # 20 plain lookups
     build, query, plain, load = [], [], [], []
-    saved = os.path.join(tempfile.mkdtemp(), "corpus.sa.npy")
+    scratch = tempfile.TemporaryDirectory()  # removed at the end: the array is 4 B/byte
+    saved = os.path.join(scratch.name, "corpus.sa.npy")
     for _ in range(args.rounds):
         t0 = time.perf_counter()
         hits = sum(p in corpus for p in probes)
@@ -91,6 +92,7 @@ def main() -> None:
     print(f"ratio  plain / ours        {per_lookup * lookups / ours:7.0f}x")
     print(f"peak memory (RSS)          {peak:7.0f} MB")
     print("result:", {n: round(s, 3) for n, s in result.ngrams.items()}, result.longest_length)
+    scratch.cleanup()
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ class CorpusIndex:
                 try:
                     with os.fdopen(fd, "wb") as f:
                         write(f)
+                    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is for secrets
                     os.replace(tmp, target)
                 except BaseException:
                     with contextlib.suppress(OSError):
@@ -113,6 +114,12 @@ class CorpusIndex:
 
 def _writer(meta: dict):
     return lambda f: f.write(json.dumps(meta).encode())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _content_key(data: bytes) -> str:
