@@ -19,12 +19,13 @@ import random
 import resource
 import statistics
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from charrnn.inspect.novelty import NGRAM_SIZES, CorpusIndex, novelty  # noqa: E402
+from charrnn.inspect.novelty import NGRAM_SIZES, CorpusIndex, load_index, novelty  # noqa: E402
 
 CORPUS = os.path.join(ROOT, "corpora", "tinyshakespeare.txt")
 
@@ -60,7 +61,9 @@ def main() -> None:
     sample = make_sample(corpus)
     rng = random.Random(2)
     probes = [sample[i : i + 20] for i in rng.sample(range(4000), 20)]  # 20 plain lookups
-    build, query, plain = [], [], []
+    build, query, plain, load = [], [], [], []
+    scratch = tempfile.TemporaryDirectory()  # removed at the end: the array is 4 B/byte
+    saved = os.path.join(scratch.name, "corpus.sa.npy")
     for _ in range(args.rounds):
         t0 = time.perf_counter()
         hits = sum(p in corpus for p in probes)
@@ -71,7 +74,11 @@ def main() -> None:
         t0 = time.perf_counter()
         result = novelty(index, sample)
         query.append(time.perf_counter() - t0)
+        index.save(saved)
         del index
+        t0 = time.perf_counter()  # what `--index FILE` costs once the file exists
+        assert novelty(load_index(corpus, saved), sample).ngrams == result.ngrams
+        load.append(time.perf_counter() - t0)
     per_lookup = statistics.median(plain)
     lookups = sum(len(sample) - n + 1 for n in NGRAM_SIZES)
     ours = statistics.median(build) + statistics.median(query)
@@ -79,11 +86,13 @@ def main() -> None:
     print(f"corpus {len(corpus) / 1e6:.0f} MB, sample {len(sample):,} chars, {args.rounds} rounds")
     print(f"ours   index build   median {statistics.median(build):7.2f} s")
     print(f"ours   5,000 chars   median {statistics.median(query):7.2f} s (all positions, all n)")
+    print(f"ours   with --index  median {statistics.median(load):7.2f} s (load, hash, answer)")
     print(f"plain  one `in`      median {per_lookup * 1e3:7.1f} ms ({hits}/{len(probes)} found)")
     print(f"plain  {lookups:,} lookups  est.  {per_lookup * lookups:7.0f} s")
     print(f"ratio  plain / ours        {per_lookup * lookups / ours:7.0f}x")
     print(f"peak memory (RSS)          {peak:7.0f} MB")
     print("result:", {n: round(s, 3) for n, s in result.ngrams.items()}, result.longest_length)
+    scratch.cleanup()
 
 
 if __name__ == "__main__":

@@ -321,9 +321,12 @@ def resume_configs(
         current = getattr(model_config, name, getattr(old, name, None))
         if value != current:
             flag = "--" + name.replace("_", "-")
+            others = [
+                f"--{o.replace('_', '-')}" for o in RESUMABLE_OPTIONS if o not in LIMIT_OPTIONS
+            ]
             raise UsageError(
                 f"{flag} cannot change on --resume (the run has {current!r}); only the limits, "
-                "--eval-every, --device and --quiet can: drop it, or start over with --force"
+                f"{', '.join(others)} and --quiet can: drop it, or start over with --force"
             )
     changes = {k: given[k] for k in RESUMABLE_OPTIONS if k in given}
     if any(k in given for k in LIMIT_OPTIONS):  # new limits replace the old ones as a set

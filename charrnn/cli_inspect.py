@@ -18,7 +18,13 @@ import torch
 import typer
 from rich.color import Color
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
@@ -32,6 +38,7 @@ from .vocab import describe_chars, encode_in
 
 out = Console(highlight=False, soft_wrap=True)
 PLOT_EXTRA = curves.PLOT_EXTRA
+SHOW_CHARS = 300  # of the longest copied substring, in the table view
 
 
 @contextlib.contextmanager
@@ -43,7 +50,7 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
     bar = Progress(
         TextColumn(label),
         BarColumn(bar_width=30),
-        TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+        MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=err,
         transient=True,
@@ -323,13 +330,21 @@ def novelty_cmd(
     sample: str = typer.Argument("-", help="Text to check (a file, or - for stdin)."),
     corpus: str = typer.Option(..., "--corpus", help="The training text."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    index_path: str = typer.Option(
+        None,
+        "--index",
+        help="Keep the corpus's suffix array in this file: built once, reused while the "
+        "corpus is unchanged.",
+    ),
     encoding: str = typer.Option("utf-8", help="Text encoding of both texts."),
 ) -> None:
     """Writing or reciting? The share of a text's n-grams found in the training text."""
-    _guarded(lambda: _novelty(sample, corpus, as_json, encoding))
+    _guarded(lambda: _novelty(sample, corpus, as_json, index_path, encoding))
 
 
-def _novelty(sample_path: str, corpus_path: str, as_json: bool, encoding: str) -> None:
+def _novelty(
+    sample_path: str, corpus_path: str, as_json: bool, index_path: str | None, encoding: str
+) -> None:
     if sample_path == "-" and sys.stdin.isatty():
         raise UsageError(
             "give the text to check as a file, or pipe it in (e.g. charrnn sample | ...)"
@@ -338,9 +353,19 @@ def _novelty(sample_path: str, corpus_path: str, as_json: bool, encoding: str) -
     sample = read_text(sample_path, encoding)
     for w in train.warnings + sample.warnings:
         _warn(w)
-    if err.is_terminal:
-        err.print(f"indexing {train.name} ({len(train.text):,} characters) ...")
-    index = novelty.CorpusIndex(train.text)
+    if index_path and os.path.exists(index_path) and not novelty.is_index(index_path):
+        raise OutputError(
+            f"--index {index_path!r} exists and is not a charrnn novelty index: "
+            "name a new file (e.g. corpus.sa.npy) so nothing is overwritten"
+        )
+    index = novelty.load_index(train.text, index_path) if index_path else None
+    if index is None:
+        if err.is_terminal:
+            err.print(f"indexing {train.name} ({len(train.text):,} characters) ...")
+        index = novelty.CorpusIndex(train.text)
+        if index_path:
+            index.save(index_path)
+            err.print(f"saved the index of {train.name} to {index_path}")
     with _progress("matching") as on_progress:
         result = novelty.novelty(index, sample.text, on_progress=on_progress)
     if as_json:
@@ -352,7 +377,10 @@ def _novelty(sample_path: str, corpus_path: str, as_json: bool, encoding: str) -
     for n, share in result.ngrams.items():
         table.add_row(str(n), "-" if share is None else f"{share:.1%}")
     out.print(table)
+    shown = result.longest_text[:SHOW_CHARS]
+    more = len(result.longest_text) - len(shown)
     out.print(
         f"longest copied substring: {result.longest_length} characters: "
-        f"{json.dumps(result.longest_text, ensure_ascii=False)}"
+        f"{json.dumps(shown, ensure_ascii=False)}"
+        + (f" … ({more:,} more; --json prints it whole)" if more else "")
     )

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -31,6 +32,14 @@ from charrnn.inspect import gradients, neurons, page
 from charrnn.model import CharRNN
 
 runner = CliRunner()
+
+
+def invoke(*args: str, input: str | None = None) -> SimpleNamespace:
+    """The command in this process (faster than a subprocess; for the checks that do not
+    need a real pipe), with run_cli's result fields."""
+    result = runner.invoke(app, [str(a) for a in args], input=input)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
 def quote_corpus(num_words: int = 3000, seed: int = 0) -> str:
@@ -263,7 +272,7 @@ def test_gradients_command(trained, tmp_path):
     ckpt = os.path.join(trained, "best.pt")
     text = tmp_path / "t.txt"
     text.write_text(shakespeare_head(3000))
-    r = run_cli("gradients", ckpt, str(text), "--max-distance", "30", "--positions", "4", "--json")
+    r = invoke("gradients", ckpt, str(text), "--max-distance", "30", "--positions", "4", "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["distances"] == list(range(31)) and len(result["norms"]) == 31
@@ -274,7 +283,7 @@ def test_gradients_command(trained, tmp_path):
     assert "gradient norm against distance k" in r.stdout  # the plot
     short = tmp_path / "short.txt"
     short.write_text("First")
-    r = run_cli("gradients", ckpt, str(short))
+    r = invoke("gradients", ckpt, str(short))
     assert r.returncode == 2 and "error: the text has 5 characters" in r.stderr
 
 
@@ -289,6 +298,9 @@ def test_novelty_of_a_slice_of_the_corpus_is_all_copied():
     result = json.loads(r.stdout)
     assert result["ngrams"] == {"5": 1.0, "10": 1.0, "20": 1.0, "40": 1.0}
     assert result["longest_copied"] == {"length": 2000, "text": piece}
+    r = invoke("novelty", "--corpus", SHAKESPEARE, input=piece)
+    assert "longest copied substring: 2000 characters: " in r.stdout
+    assert "… (1,700 more; --json prints it whole)" in r.stdout
 
 
 def test_novelty_of_text_the_corpus_never_holds_is_nothing_at_20(tmp_path):
@@ -296,7 +308,7 @@ def test_novelty_of_text_the_corpus_never_holds_is_nothing_at_20(tmp_path):
     text = "".join(rng.choice("qxzjvk0123456789") for _ in range(1000))
     sample = tmp_path / "new.txt"
     sample.write_text(text)
-    r = run_cli("novelty", "--corpus", SHAKESPEARE, str(sample), "--json")
+    r = invoke("novelty", "--corpus", SHAKESPEARE, str(sample), "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["ngrams"]["20"] == 0.0 and result["ngrams"]["40"] == 0.0
@@ -308,13 +320,13 @@ def test_novelty_counts_characters_not_bytes(tmp_path):
     corpus.write_text("über café naïve déjà vu " * 3)
     sample = tmp_path / "s.txt"
     sample.write_text("xx café naïve zz")
-    r = run_cli("novelty", "--corpus", str(corpus), str(sample), "--json")
+    r = invoke("novelty", "--corpus", str(corpus), str(sample), "--json")
     result = json.loads(r.stdout)
     assert result["longest_copied"] == {"length": 12, "text": " café naïve "}
     # 16 characters: 12 five-grams; those inside " café naïve " (12 chars) are 8.
     assert result["ngrams"]["5"] == pytest.approx(8 / 12)
     assert result["ngrams"]["20"] is None  # shorter than 20: no 20-grams at all
-    r = run_cli("novelty", "--corpus", str(corpus), str(sample))
+    r = invoke("novelty", "--corpus", str(corpus), str(sample))
     assert "longest copied substring: 12 characters" in r.stdout
 
 
@@ -322,27 +334,30 @@ def test_novelty_counts_characters_not_bytes(tmp_path):
 
 
 def test_plot_draws_several_runs_in_the_terminal_and_to_files(tmp_path):
-    for name, steps in (("a", 40), ("b", 20)):
-        tiny_run(shakespeare_head(5000), str(tmp_path / name), max_steps=steps, eval_every=10)
+    for name, steps in (("a", 20), ("b", 10)):
+        tiny_run(
+            shakespeare_head(3000), str(tmp_path / name), max_steps=steps, eval_every=5,
+            hidden_size=8, num_layers=1, sample_length=10,
+        )  # fmt: skip
     a, b = str(tmp_path / "a"), str(tmp_path / "b" / "metrics.jsonl")
     r = run_cli("plot", a, b)
     assert r.returncode == 0, r.stderr
     assert "a val" in r.stdout and "a train" in r.stdout and "b val" in r.stdout
-    assert re.search(r"^a: 4 evaluations to step 40; last val \d\.\d{4} nats/char", r.stdout, re.M)
+    assert re.search(r"^a: 4 evaluations to step 20; last val \d\.\d{4} nats/char", r.stdout, re.M)
     assert "\x1b[" not in r.stdout  # no colour codes in a pipe
-    for ext, magic in ((".png", b"\x89PNG"), (".svg", b"<?xml")):
+    for ext, magic, how in ((".png", b"\x89PNG", run_cli), (".svg", b"<?xml", invoke)):
         image = tmp_path / f"loss{ext}"
-        r = run_cli("plot", a, b, "--out", str(image))
+        r = how("plot", a, b, "--out", str(image))
         assert r.returncode == 0, r.stderr
         assert image.read_bytes().startswith(magic)
-    r = run_cli("plot", a, "--out", str(tmp_path / "loss.jpg"))
+    r = invoke("plot", a, "--out", str(tmp_path / "loss.jpg"))
     assert r.returncode == 2 and "error: --out" in r.stderr and ".png or .svg" in r.stderr
-    r = run_cli("plot", str(tmp_path / "nothing"))
+    r = invoke("plot", str(tmp_path / "nothing"))
     assert r.returncode == 2 and "has no metrics.jsonl" in r.stderr
 
 
 def test_plot_without_the_extra_names_it(tmp_path, monkeypatch):
-    tiny_run(shakespeare_head(5000), str(tmp_path / "a"), max_steps=10, eval_every=10)
+    tiny_run(shakespeare_head(3000), str(tmp_path / "a"), max_steps=5, eval_every=5, hidden_size=8)
     monkeypatch.setitem(sys.modules, "plotext", None)  # import plotext now fails
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     result = runner.invoke(app, ["plot", str(tmp_path / "a")])
@@ -363,6 +378,10 @@ def test_unit_colours_each_character_on_a_truecolor_terminal(
     screen = io.StringIO()
     term = Console(file=screen, force_terminal=True, color_system="truecolor", width=100)
     monkeypatch.setattr(charrnn.cli_inspect, "out", term)
+    # stderr a terminal too: the progress bar is drawn there while the units are recorded.
+    progress = io.StringIO()
+    err_term = Console(file=progress, force_terminal=True, width=100)
+    monkeypatch.setattr(charrnn.cli_inspect, "err", err_term)
     spec = f"0:{best['state']}:{best['unit']}"
     result = runner.invoke(app, ["neurons", str(ckpt), str(text), "--unit", spec])
     assert result.exit_code == 0, result.output
@@ -372,3 +391,25 @@ def test_unit_colours_each_character_on_a_truecolor_terminal(
     reds = sum(int(r) > int(b) for r, _, b in backgrounds)
     blues = sum(int(b) > int(r) for r, _, b in backgrounds)
     assert reds > 100 and blues > 100
+    assert "recording units" in progress.getvalue() and "4000/4000" in progress.getvalue()
+
+
+def test_novelty_index_is_built_once_reused_and_rebuilt_for_another_corpus(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(shakespeare_head(20000))
+    index = tmp_path / "c.sa.npy"
+    piece = shakespeare_head(20000)[5000:5400] + " qqxxzz"
+    first = invoke("novelty", "--corpus", corpus, "--index", index, "--json", input=piece)
+    assert first.returncode == 0 and f"saved the index of {corpus} to {index}" in first.stderr
+    stamp = index.stat().st_mtime_ns
+    again = invoke("novelty", "--corpus", corpus, "--index", index, "--json", input=piece)
+    assert again.stdout == first.stdout and again.stderr == ""  # loaded, not rebuilt
+    assert index.stat().st_mtime_ns == stamp
+    corpus.write_text(shakespeare_head(20000).replace("e", "E"))  # another text, same length
+    other = invoke("novelty", "--corpus", corpus, "--index", index, "--json", input=piece)
+    assert "saved the index" in other.stderr  # the stale index was not trusted
+    assert json.loads(other.stdout)["ngrams"]["20"] < json.loads(first.stdout)["ngrams"]["20"]
+    # A file that is not an index is never overwritten.
+    r = invoke("novelty", "--corpus", corpus, "--index", corpus, input=piece)
+    assert r.returncode == 1 and "is not a charrnn novelty index" in r.stderr
+    assert corpus.read_text() == shakespeare_head(20000).replace("e", "E")

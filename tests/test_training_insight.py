@@ -7,14 +7,24 @@ from __future__ import annotations
 import io
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 from conftest import PATTERN, run_cli, tiny_run
 from rich.console import Console
+from typer.testing import CliRunner
 
 import charrnn.cli
-from charrnn.cli import Reporter
+from charrnn.cli import Reporter, app
 from charrnn.trainer import Evaluated, RunStarted, StepDone
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> SimpleNamespace:
+    """`charrnn ARGS` in this process, with run_cli's result fields."""
+    result = runner.invoke(app, list(args))
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
 def _started() -> RunStarted:
@@ -87,10 +97,10 @@ def test_sample_length_option_sets_the_length_and_zero_turns_it_off(tmp_path):
         len(logged) == 1
         and json.loads(logged[0][len("step 5 | sample ") :]) == records[0]["sample"]
     )
-    r = run_cli("train", str(corpus), "--out", str(tmp_path / "b"), *tiny, "--sample-length", "0")
+    r = invoke("train", str(corpus), "--out", str(tmp_path / "b"), *tiny, "--sample-length", "0")
     assert r.returncode == 0, r.stderr
     records = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert all("sample" not in x and "train_loss" in x for x in records)
     assert "| sample " not in r.stderr
-    r = run_cli("train", str(corpus), "--out", str(tmp_path / "c"), *tiny, "--sample-length", "-1")
+    r = invoke("train", str(corpus), "--out", str(tmp_path / "c"), *tiny, "--sample-length", "-1")
     assert r.returncode == 2 and "error: --sample-length must be >= 0" in r.stderr

@@ -14,13 +14,18 @@ covers whole characters, so byte matches turn into character counts exactly.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import MissingExtraError, UsageError
+from ..errors import MissingExtraError, OutputError, UsageError
 
 NGRAM_SIZES = (5, 10, 20, 40)
 # Bytes of the query compared in one binary search; doubled for longer copies.
@@ -45,17 +50,48 @@ class Novelty:
 class CorpusIndex:
     """A suffix array over the corpus's UTF-8 bytes, for longest-match queries."""
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, suffix_array: np.ndarray | None = None):
+        self.data = text.encode("utf-8")
+        self.size = len(self.data)
+        if suffix_array is not None:
+            self.sa = suffix_array
+            return
         try:
             from pydivsufsort import divsufsort
         except ImportError:
             raise MissingExtraError(
                 "charrnn novelty needs pydivsufsort: pip install 'charrnn[novelty]'"
             ) from None
-        self.data = text.encode("utf-8")
         # divsufsort hands the buffer to C through ctypes, which wants it writable.
         self.sa = np.asarray(divsufsort(bytearray(self.data)))  # (N,) int32 / int64
-        self.size = len(self.data)
+
+    def key(self) -> str:
+        return _content_key(self.data)
+
+    def save(self, path: str) -> None:
+        """Write the suffix array to `path` (.npy) and its key to `path`.json, atomically:
+        an interrupted save never leaves a file that looks whole."""
+        folder = os.path.dirname(os.path.abspath(path))
+        meta = {"key": self.key(), "bytes": self.size, "dtype": str(self.sa.dtype)}
+        try:
+            for target, write in ((path, self._write_array), (path + ".json", _writer(meta))):
+                fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        write(f)
+                    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is for secrets
+                    os.replace(tmp, target)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    raise
+        except OSError as e:
+            raise OutputError(
+                f"cannot write the index {path} ({e.strerror or e}): choose a writable --index"
+            ) from None
+
+    def _write_array(self, f) -> None:
+        np.save(f, self.sa, allow_pickle=False)
 
     def longest_match(self, query: bytes) -> int:
         """The length in bytes of the longest prefix of `query` found in the corpus."""
@@ -74,6 +110,46 @@ class CorpusIndex:
                 start = int(sa[j])
                 best = max(best, _common_prefix(query, data[start : start + q]))
         return best
+
+
+def _writer(meta: dict):
+    return lambda f: f.write(json.dumps(meta).encode())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _content_key(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+def is_index(path: str) -> bool:
+    """Whether `path` holds an index this module wrote (so it may be replaced)."""
+    try:
+        with open(path + ".json", encoding="utf-8") as f:
+            return "key" in json.load(f)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def load_index(text: str, path: str) -> CorpusIndex | None:
+    """The index saved at `path` if it was built from exactly this text, else None. The
+    array is memory-mapped: opening it costs a hash of the text, not a rebuild."""
+    try:
+        with open(path + ".json", encoding="utf-8") as f:
+            meta = json.load(f)
+        sa = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    data = text.encode("utf-8")
+    if meta.get("bytes") != len(data) or sa.shape != (len(data),):
+        return None
+    if meta.get("key") != _content_key(data):
+        return None
+    return CorpusIndex(text, suffix_array=sa)
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
