@@ -199,7 +199,7 @@ def train(
     started = time.perf_counter()  # --time-limit counts preparation too
     unknown = sorted(set(options) - set(MODEL_OPTIONS) - set(TRAIN_OPTIONS))
     if unknown:
-        raise UsageError(f"unknown option(s) {', '.join(unknown)} for charrnn.trainer")
+        raise UsageError(f"unknown option(s) {', '.join(unknown)} for charrnn.train()")
     if resume and force:
         raise UsageError("--resume and --force contradict each other: choose one")
     if resume and init_from is not None:

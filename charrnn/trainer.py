@@ -106,7 +106,7 @@ class TrainResult:
     stop_reason: str
     elapsed: float
     history: list[dict[str, Any]] = field(default_factory=list)
-    last_path: str | None = None  # the run's checkpoints (set by charrnn.trainer)
+    last_path: str | None = None  # the run's checkpoints (set by charrnn.train())
     best_path: str | None = None
 
 
