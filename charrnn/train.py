@@ -55,6 +55,7 @@ class RunStarted:
     train_chars: int
     val_chars: int
     vocab_size: int
+    input: str = "onehot"  # ModelConfig.input, resolved: "onehot" or "embedding"
 
 
 @dataclass
@@ -418,6 +419,7 @@ class _Run:
                 train_chars=len(self.corpus.train),
                 val_chars=len(self.corpus.val),
                 vocab_size=len(self.corpus.vocab),
+                input=self.model.config.input,
             )
         )
         chars_per_step = cfg.batch_size * cfg.seq_len
