@@ -1,18 +1,21 @@
-"""Quality on real Korean text: one-hot input against a learned embedding, at equal time.
+"""Quality on real Korean text: one-hot input against a learned embedding.
 
-    python bench/korean.py                        # 3 seeds x 2 inputs x 90 s each
+    python bench/korean.py --steps 300            # 3 seeds x 2 inputs x 300 steps (README)
+    python bench/korean.py                        # equal time instead: 90 s each
     python bench/korean.py --seconds 60 --seeds 1 2 --inputs onehot embedding
 
 The text: the Korean texts bundled in the konlpy package (0.6.0, on PyPI): the
 Constitution of the Republic of Korea (konlpy/data/corpus/kolaw) and ten National
-Assembly bills (konlpy/data/corpus/kobill), 65,199 characters, 559 distinct. konlpy is
-GPLv3; the texts themselves are a constitution and bills, which the Korean Copyright Act
-(Article 7) leaves unprotected. The wheel is fetched with `pip download` (or give
---wheel); nothing from it is imported or run: the texts are read from the zip.
+Assembly bills (konlpy/data/corpus/kobill), joined by newlines: 65,565 characters, 560
+distinct. konlpy is GPLv3; the texts themselves are a constitution and bills, which the
+Korean Copyright Act (Article 7) leaves unprotected. The wheel is fetched with
+`pip download` (or give --wheel); nothing from it is imported or run: the texts are read
+from the zip.
 
 Each run is `charrnn train` with the defaults except --input, --random-seed, the time
-limit and --eval-every 100; runs are interleaved (onehot s1, embedding s1, onehot s2, ...)
-so a busy machine slows both sides alike. The figure is the best validation loss.
+limit (or --max-steps) and --eval-every 100; runs are interleaved (onehot s1, embedding
+s1, onehot s2, ...) so a busy machine slows both sides alike. The figure is the best
+validation loss.
 """
 
 from __future__ import annotations

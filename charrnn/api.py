@@ -189,9 +189,10 @@ def train(
     `charrnn train` does: `options` are its options with underscores (hidden_size=512,
     max_steps=1000, time_limit="5m" or seconds, ...). With `resume=True` the model and
     optimisation options come from `out`'s last.pt and only those in
-    config.RESUMABLE_OPTIONS (the limits, eval_every, device, sample_length) may be given. With `init_from` (a checkpoint), a new run starts from that model's
-    weights and takes its model options; new characters extend its vocabulary (see
-    charrnn.finetune). Progress arrives as events through `on_event`.
+    config.RESUMABLE_OPTIONS (the limits, eval_every, device, sample_length) may be given.
+    With `init_from` (a checkpoint), a new run starts from that model's weights and takes
+    its model options; new characters extend its vocabulary (see charrnn.finetune).
+    Progress arrives as events through `on_event`.
 
     Returns the run's TrainResult (step, best and last validation loss, why it stopped,
     history) with `last_path` and `best_path` set. Raises charrnn.errors.CharRNNError.

@@ -272,7 +272,8 @@ class Reporter:
         self.line(
             f"{what} {e.step}: {e.num_params:,} parameters on {e.device} ({e.precision}); "
             f"{e.train_chars:,} training / {e.val_chars:,} validation characters"
-            f"{_val_used(e)}, vocabulary {e.vocab_size}; {e.steps_per_epoch} steps per epoch; "
+            f"{_val_used(e)}, vocabulary {e.vocab_size:,} "
+            f"({e.input.replace('onehot', 'one-hot')} input); {e.steps_per_epoch} steps per epoch; "
             f"stops at {' or '.join(limits)}"
         )
         if self.live:

@@ -63,6 +63,7 @@ class RunStarted:
     val_chars: int
     vocab_size: int
     val_used: int | None = None  # held-out characters each evaluation predicts (the bound)
+    input: str = "onehot"  # ModelConfig.input, resolved: "onehot" or "embedding"
 
 
 @dataclass
@@ -588,6 +589,7 @@ class _Run:
                 val_chars=len(self.corpus.val),
                 vocab_size=len(self.corpus.vocab),
                 val_used=self.val_used,
+                input=self.model.config.input,
             )
         )
         chars_per_step = cfg.batch_size * cfg.seq_len
