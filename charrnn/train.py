@@ -234,7 +234,9 @@ def val_segments(ids: torch.Tensor, max_chars: int) -> torch.Tensor | None:
         return None
     num = val_streams(max_chars)
     seg = max_chars // num
-    starts = torch.linspace(0, len(ids) - seg - 1, num).long().tolist()
+    last = len(ids) - seg - 1  # the latest start that leaves a whole segment
+    # Integer arithmetic: float32 linspace rounds starts past `last` beyond 2**24 ids.
+    starts = [i * last // max(1, num - 1) for i in range(num)]
     return torch.stack([ids[a : a + seg + 1] for a in starts])  # (S, L + 1)
 
 

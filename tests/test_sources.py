@@ -160,6 +160,8 @@ def test_validation_is_bounded_to_evenly_spaced_segments(tmp_path):
     rows = val_segments(ids, 40_000)
     assert rows.shape == (2, 20_001)  # 40,000 predictions in two streams
     assert rows[0, 0] == ids[0] and rows[-1, -1] == ids[-1]  # from the start to the end
+    huge = torch.zeros(2**25 + 12345, dtype=torch.uint8)  # beyond float32's exact integers
+    assert val_segments(huge, 500_000).shape == (30, 16_667)
     model = torch.nn.Module()  # a model that predicts uniformly: loss ln(V) whatever it sees
     model.forward = lambda x, h: (torch.zeros(*x.shape, 50), h)  # type: ignore[method-assign]
     loss = evaluate_segments(model, rows, torch.device("cpu"))
