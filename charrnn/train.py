@@ -36,6 +36,10 @@ MAX_BAD_STEPS = 5
 # Validation streams are at least this long, so starting each from a zero state costs a
 # negligible amount of context (<0.001 nats/char on Tiny Shakespeare's 111k characters).
 MIN_VAL_STREAM = 16384
+# With --time-limit, one validation of a big held-out text (beyond --val-chars) takes at
+# most this share of the limit: its segments are shortened at the first validation if
+# needed, so that a busy or slow machine still spends its time on training steps.
+VAL_TIME_SHARE = 0.05
 
 
 # ---------------------------------------------------------------------------- events
@@ -178,9 +182,10 @@ def evaluate(
         used = stream_len * num_streams
         x_all = ids[:used].view(num_streams, stream_len).to(device)  # (S, L)
         y_all = ids[1 : used + 1].view(num_streams, stream_len).to(device)  # (S, L)
-        total = _score_streams(model, x_all, y_all, chunk_len, stop, deadline)
-        if total is None:
+        scored = _score_streams(model, x_all, y_all, chunk_len, stop, deadline)
+        if scored is None:
             return None
+        total = scored[0]
         if used < n:  # the tail that did not divide evenly: one more short stream
             x = ids[used:n].view(1, -1).to(device).long()
             y = ids[used + 1 : n + 1].view(1, -1).to(device).long()
@@ -200,21 +205,28 @@ def _score_streams(
     chunk_len: int,
     stop: StopRequest | None,
     deadline: float | None = None,
-) -> torch.Tensor | None:
-    """Summed cross-entropy over the streams, the state carried along each; None if
-    stopped or past the deadline."""
+    budget_s: float | None = None,
+) -> tuple[torch.Tensor, int] | None:
+    """Summed cross-entropy over the streams, the state carried along each, and how many
+    columns were scored: all of them, or (with `budget_s`) those of the chunks begun
+    within that many seconds. None if stopped or past the deadline."""
     total = torch.zeros((), dtype=torch.float64, device=x_all.device)
     hidden: Hidden | None = None
+    began = time.perf_counter()
+    cols = 0
     for start in range(0, x_all.shape[1], chunk_len):
         if stop or (deadline is not None and time.perf_counter() > deadline):
             return None
+        if budget_s is not None and cols and time.perf_counter() - began > budget_s:
+            break
         x = x_all[:, start : start + chunk_len].long()
         y = y_all[:, start : start + chunk_len].long()
         logits, hidden = model(x, hidden)
         total += F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
         ).double()
-    return total
+        cols = start + x.shape[1]
+    return total, cols
 
 
 def val_streams(num_chars: int) -> int:
@@ -247,14 +259,20 @@ def evaluate_segments(
     device: torch.device,
     stop: StopRequest | None = None,
     deadline: float | None = None,
-) -> float | None:
-    """Mean cross-entropy (nats/char) of predicting rows[:, 1:] from rows[:, :-1]."""
+    budget_s: float | None = None,
+) -> tuple[float, int] | None:
+    """Mean cross-entropy (nats/char) of predicting rows[:, 1:] from rows[:, :-1], and the
+    number of columns scored (fewer than rows.shape[1] - 1 only when `budget_s` ran out:
+    the loss is then over rows[:, : cols + 1])."""
     was_training = model.training
     model.eval()
     try:
         rows = rows.to(device)
-        total = _score_streams(model, rows[:, :-1], rows[:, 1:], 1024, stop, deadline)
-        return None if total is None else total.item() / (rows.shape[0] * (rows.shape[1] - 1))
+        scored = _score_streams(model, rows[:, :-1], rows[:, 1:], 1024, stop, deadline, budget_s)
+        if scored is None:
+            return None
+        total, cols = scored
+        return total.item() / (rows.shape[0] * cols), cols
     finally:
         model.train(was_training)
 
@@ -279,6 +297,7 @@ class _Run:
         self.config = config
         self.started = started
         self.deadline: float | None = None  # perf_counter() time --time-limit ends
+        self.val_fitted = False  # the validation size was fitted to --time-limit
         self.corpus = corpus
         self.run_dir = run_dir
         self.emit = on_event
@@ -405,9 +424,16 @@ class _Run:
         # however slow the machine is (last.pt is saved without it).
         deadline = self.deadline
         if self.val_rows is not None:
-            val = evaluate_segments(
-                self.model, self.val_rows, self.device, stop=self.stop, deadline=deadline
+            budget = None
+            if self.config.time_limit is not None and not self.val_fitted:
+                budget = VAL_TIME_SHARE * self.config.time_limit
+            scored = evaluate_segments(
+                self.model, self.val_rows, self.device, self.stop, deadline, budget
             )
+            val = None if scored is None else scored[0]
+            if scored is not None:
+                self.val_fitted = True
+                self._fit_validation(scored[1])
         else:
             val = evaluate(
                 self.model,
@@ -442,6 +468,22 @@ class _Run:
         self.run_dir.append_metrics(record)
         self.emit(Evaluated(self.step, self.progress_epoch(), val, val / LN2, is_best, elapsed))
         return val
+
+    def _fit_validation(self, cols: int) -> None:
+        """Keep the columns the first time-limited validation had time for, so every later
+        validation of this invocation scores the same characters in the same time."""
+        if cols >= self.val_rows.shape[1] - 1:
+            return
+        before = self.val_used
+        self.val_rows = self.val_rows[:, : cols + 1]
+        self.val_used = self.val_rows.shape[0] * cols
+        self.emit(
+            Notice(
+                f"validating on {self.val_used:,} held-out characters instead of {before:,}: "
+                f"here a validation of {before:,} takes more than "
+                f"{VAL_TIME_SHARE:.0%} of --time-limit"
+            )
+        )
 
     def plan_from_time(self, elapsed: float, step_time: float, eval_time: float) -> None:
         """Fix the schedule's length so the decay ends when the time limit does."""
