@@ -544,6 +544,7 @@ class _Run:
         chars_per_sec = 0.0
         eval_time = 0.0
         bad_steps = 0
+        step_took = 0.0  # seconds the last step took
         evaluated_at = -1
         self.model.train()
         stop_reason = "max_steps"
@@ -558,7 +559,9 @@ class _Run:
             if self.plan is not None and cfg.time_limit is not None and self.step >= self.plan:
                 stop_reason = "time_limit"
                 break
-            if cfg.time_limit is not None and elapsed + eval_time >= cfg.time_limit:
+            # Stop before a step that would end past the limit (a slow machine's steps
+            # can take seconds).
+            if cfg.time_limit is not None and elapsed + eval_time + step_took >= cfg.time_limit:
                 stop_reason = "time_limit"
                 break
 
@@ -568,6 +571,7 @@ class _Run:
                 self.hidden = None  # each epoch starts the streams from a zero state
             x, y = self.streams.window(self.window)
             loss, norm, lr, ok = self.train_step(x, y)
+            step_took = time.perf_counter() - now
             self.step += 1
             self.window += 1
             if ok:
