@@ -214,8 +214,11 @@ def _score_streams(
     hidden: Hidden | None = None
     began = time.perf_counter()
     cols = 0
+    chunk_took = 0.0
     for start in range(0, x_all.shape[1], chunk_len):
-        if stop or (deadline is not None and time.perf_counter() > deadline):
+        t0 = time.perf_counter()
+        # A chunk that would end past the deadline is not begun (it is as long as the last).
+        if stop or (deadline is not None and t0 + chunk_took > deadline):
             return None
         if budget_s is not None and cols and time.perf_counter() - began > budget_s:
             break
@@ -226,6 +229,7 @@ def _score_streams(
             logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
         ).double()
         cols = start + x.shape[1]
+        chunk_took = time.perf_counter() - t0
     return total, cols
 
 
@@ -268,7 +272,8 @@ def evaluate_segments(
     model.eval()
     try:
         rows = rows.to(device)
-        scored = _score_streams(model, rows[:, :-1], rows[:, 1:], 1024, stop, deadline, budget_s)
+        # Chunks of 256 columns: fine-grained enough for the deadline and the budget.
+        scored = _score_streams(model, rows[:, :-1], rows[:, 1:], 256, stop, deadline, budget_s)
         if scored is None:
             return None
         total, cols = scored

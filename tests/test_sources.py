@@ -197,9 +197,9 @@ def test_a_time_limited_validation_is_fitted_to_the_limit_once(tmp_path, monkeyp
     tiny_run(text, str(out), on_event=events.append, max_steps=30, eval_every=25,
              val_chars=4000, time_limit=600.0)  # fmt: skip
     notices = [e.message for e in events if isinstance(e, Notice)]
-    assert len(notices) == 1 and "1,024 held-out characters instead of 4,000" in notices[0]
+    assert len(notices) == 1 and "256 held-out characters instead of 4,000" in notices[0]
     used = [json.loads(line)["val_chars"] for line in (out / "metrics.jsonl").open()]
-    assert len(used) >= 2 and set(used) == {1024}  # every validation scores the same
+    assert len(used) >= 2 and set(used) == {256}  # every validation scores the same
 
 
 def test_time_limit_counts_from_the_commands_start(tmp_path):
