@@ -303,6 +303,7 @@ class _Run:
         self.started = started
         self.deadline: float | None = None  # perf_counter() time --time-limit ends
         self.val_fitted = False  # the validation size was fitted to --time-limit
+        self.step_took = 0.0  # seconds the last training step took
         self.corpus = corpus
         self.run_dir = run_dir
         self.emit = on_event
@@ -426,8 +427,13 @@ class _Run:
 
     def validate(self, elapsed: float) -> float | None:
         # A validation that would run past --time-limit is abandoned, so the limit holds
-        # however slow the machine is (last.pt is saved without it).
+        # however slow the machine is (last.pt is saved without it). Its first chunk is not
+        # begun when, at the speed of the last training step, it could not end in time.
         deadline = self.deadline
+        if deadline is not None and time.perf_counter() + self._first_chunk_estimate() > deadline:
+            self.emit(Notice(f"step {self.step}: out of time; validation skipped"))
+            self.save(also_best=False)
+            return None
         if self.val_rows is not None:
             budget = None
             if self.config.time_limit is not None and not self.val_fitted:
@@ -473,6 +479,15 @@ class _Run:
         self.run_dir.append_metrics(record)
         self.emit(Evaluated(self.step, self.progress_epoch(), val, val / LN2, is_best, elapsed))
         return val
+
+    def _first_chunk_estimate(self) -> float:
+        """Seconds the first chunk of a validation may take: as many seconds per character
+        as the last training step (forward only is cheaper; fp32 scoring is dearer)."""
+        if self.val_rows is not None:
+            chars = self.val_rows.shape[0] * min(256, self.val_rows.shape[1] - 1)
+        else:
+            chars = val_streams(len(self.corpus.val)) * 1024
+        return self.step_took * chars / (self.config.batch_size * self.config.seq_len)
 
     def _fit_validation(self, cols: int) -> None:
         """Keep the columns the first time-limited validation had time for, so every later
@@ -549,7 +564,6 @@ class _Run:
         chars_per_sec = 0.0
         eval_time = 0.0
         bad_steps = 0
-        step_took = 0.0  # seconds the last step took
         evaluated_at = -1
         self.model.train()
         stop_reason = "max_steps"
@@ -566,7 +580,8 @@ class _Run:
                 break
             # Stop before a step that would end past the limit (a slow machine's steps
             # can take seconds).
-            if cfg.time_limit is not None and elapsed + eval_time + step_took >= cfg.time_limit:
+            took = self.step_took
+            if cfg.time_limit is not None and elapsed + eval_time + took >= cfg.time_limit:
                 stop_reason = "time_limit"
                 break
 
@@ -576,7 +591,7 @@ class _Run:
                 self.hidden = None  # each epoch starts the streams from a zero state
             x, y = self.streams.window(self.window)
             loss, norm, lr, ok = self.train_step(x, y)
-            step_took = time.perf_counter() - now
+            self.step_took = time.perf_counter() - now
             self.step += 1
             self.window += 1
             if ok:
