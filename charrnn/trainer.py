@@ -44,6 +44,10 @@ MAX_BAD_STEPS = 5
 # Validation streams are at least this long, so starting each from a zero state costs a
 # negligible amount of context (<0.001 nats/char on Tiny Shakespeare's 111k characters).
 MIN_VAL_STREAM = 16384
+# With --time-limit, one validation of a big held-out text (beyond --val-chars) takes at
+# most this share of the limit: its segments are shortened at the first validation if
+# needed, so that a busy or slow machine still spends its time on training steps.
+VAL_TIME_SHARE = 0.05
 
 
 # ---------------------------------------------------------------------------- events
@@ -199,9 +203,10 @@ def evaluate(
         used = stream_len * num_streams
         x_all = ids[:used].view(num_streams, stream_len).to(device)  # (S, L)
         y_all = ids[1 : used + 1].view(num_streams, stream_len).to(device)  # (S, L)
-        total = _score_streams(model, x_all, y_all, chunk_len, stop, deadline)
-        if total is None:
+        scored = _score_streams(model, x_all, y_all, chunk_len, stop, deadline)
+        if scored is None:
             return None
+        total = scored[0]
         tail: Hidden | None = None
         for start in range(used, n, chunk_len):  # the part that did not divide evenly
             end = min(n, start + chunk_len)
@@ -223,21 +228,32 @@ def _score_streams(
     chunk_len: int,
     stop: StopRequest | None,
     deadline: float | None = None,
-) -> torch.Tensor | None:
-    """Summed cross-entropy over the streams, the state carried along each; None if
-    stopped or past the deadline."""
+    budget_s: float | None = None,
+) -> tuple[torch.Tensor, int] | None:
+    """Summed cross-entropy over the streams, the state carried along each, and how many
+    columns were scored: all of them, or (with `budget_s`) those of the chunks begun
+    within that many seconds. None if stopped or past the deadline."""
     total = torch.zeros((), dtype=torch.float64, device=x_all.device)
     hidden: Hidden | None = None
+    began = time.perf_counter()
+    cols = 0
+    chunk_took = 0.0
     for start in range(0, x_all.shape[1], chunk_len):
-        if stop or (deadline is not None and time.perf_counter() > deadline):
+        t0 = time.perf_counter()
+        # A chunk that would end past the deadline is not begun (it is as long as the last).
+        if stop or (deadline is not None and t0 + chunk_took > deadline):
             return None
+        if budget_s is not None and cols and time.perf_counter() - began > budget_s:
+            break
         x = x_all[:, start : start + chunk_len].long()
         y = y_all[:, start : start + chunk_len].long()
         logits, hidden = model(x, hidden)
         total += F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
         ).double()
-    return total
+        cols = start + x.shape[1]
+        chunk_took = time.perf_counter() - t0
+    return total, cols
 
 
 def eval_chunk_len(num_streams: int, vocab_size: int, chunk_len: int = 1024) -> int:
@@ -262,7 +278,9 @@ def val_segments(ids: torch.Tensor, max_chars: int) -> torch.Tensor | None:
         return None
     num = val_streams(max_chars)
     seg = max_chars // num
-    starts = torch.linspace(0, len(ids) - seg - 1, num).long().tolist()
+    last = len(ids) - seg - 1  # the latest start that leaves a whole segment
+    # Integer arithmetic: float32 linspace rounds starts past `last` beyond 2**24 ids.
+    starts = [i * last // max(1, num - 1) for i in range(num)]
     return torch.stack([ids[a : a + seg + 1] for a in starts])  # (S, L + 1)
 
 
@@ -273,15 +291,25 @@ def evaluate_segments(
     device: torch.device,
     stop: StopRequest | None = None,
     deadline: float | None = None,
-) -> float | None:
-    """Mean cross-entropy (nats/char) of predicting rows[:, 1:] from rows[:, :-1]."""
+    budget_s: float | None = None,
+) -> tuple[float, int] | None:
+    """Mean cross-entropy (nats/char) of predicting rows[:, 1:] from rows[:, :-1], and the
+    number of columns scored (fewer than rows.shape[1] - 1 only when `budget_s` ran out:
+    the loss is then over rows[:, : cols + 1])."""
     was_training = model.training
     model.eval()
     try:
         rows = rows.to(device)
-        chunk_len = eval_chunk_len(rows.shape[0], model.config.vocab_size)
-        total = _score_streams(model, rows[:, :-1], rows[:, 1:], chunk_len, stop, deadline)
-        return None if total is None else total.item() / (rows.shape[0] * (rows.shape[1] - 1))
+        # Chunks of at most 256 columns: fine-grained enough for the deadline and the
+        # budget; fewer for a large vocabulary (EVAL_LOGITS_BYTES).
+        chunk_len = eval_chunk_len(rows.shape[0], model.config.vocab_size, 256)
+        scored = _score_streams(
+            model, rows[:, :-1], rows[:, 1:], chunk_len, stop, deadline, budget_s
+        )
+        if scored is None:
+            return None
+        total, cols = scored
+        return total.item() / (rows.shape[0] * cols), cols
     finally:
         model.train(was_training)
 
@@ -307,6 +335,8 @@ class _Run:
         self.config = config
         self.started = started
         self.deadline: float | None = None  # perf_counter() time --time-limit ends
+        self.val_fitted = False  # the validation size was fitted to --time-limit
+        self.step_took = 0.0  # seconds the last training step took
         self.corpus = corpus
         self.run_dir = run_dir
         self.emit = on_event
@@ -450,12 +480,24 @@ class _Run:
 
     def validate(self, elapsed: float) -> float | None:
         # A validation that would run past --time-limit is abandoned, so the limit holds
-        # however slow the machine is (last.pt is saved without it).
+        # however slow the machine is (last.pt is saved without it). Its first chunk is not
+        # begun when, at the speed of the last training step, it could not end in time.
         deadline = self.deadline
+        if deadline is not None and time.perf_counter() + self._first_chunk_estimate() > deadline:
+            self.emit(Notice(f"step {self.step}: out of time; validation skipped"))
+            self.save(also_best=False)
+            return None
         if self.val_rows is not None:
-            val = evaluate_segments(
-                self.model, self.val_rows, self.device, stop=self.stop, deadline=deadline
+            budget = None
+            if self.config.time_limit is not None and not self.val_fitted:
+                budget = VAL_TIME_SHARE * self.config.time_limit
+            scored = evaluate_segments(
+                self.model, self.val_rows, self.device, self.stop, deadline, budget
             )
+            val = None if scored is None else scored[0]
+            if scored is not None:
+                self.val_fitted = True
+                self._fit_validation(scored[1])
         else:
             val = evaluate(
                 self.model,
@@ -528,6 +570,31 @@ class _Run:
             )
         finally:
             self.model.train(was_training)
+
+    def _first_chunk_estimate(self) -> float:
+        """Seconds the first chunk of a validation may take: as many seconds per character
+        as the last training step (forward only is cheaper; fp32 scoring is dearer)."""
+        if self.val_rows is not None:
+            chars = self.val_rows.shape[0] * min(256, self.val_rows.shape[1] - 1)
+        else:
+            chars = val_streams(len(self.corpus.val)) * 1024
+        return self.step_took * chars / (self.config.batch_size * self.config.seq_len)
+
+    def _fit_validation(self, cols: int) -> None:
+        """Keep the columns the first time-limited validation had time for, so every later
+        validation of this invocation scores the same characters in the same time."""
+        if cols >= self.val_rows.shape[1] - 1:
+            return
+        before = self.val_used
+        self.val_rows = self.val_rows[:, : cols + 1]
+        self.val_used = self.val_rows.shape[0] * cols
+        self.emit(
+            Notice(
+                f"validating on {self.val_used:,} held-out characters instead of {before:,}: "
+                f"here a validation of {before:,} takes more than "
+                f"{VAL_TIME_SHARE:.0%} of --time-limit"
+            )
+        )
 
     def plan_from_time(self, elapsed: float, step_time: float, eval_time: float) -> None:
         """Fix the schedule's length so the decay ends when the time limit does."""
@@ -619,7 +686,10 @@ class _Run:
             if self.plan is not None and cfg.time_limit is not None and self.step >= self.plan:
                 stop_reason = "time_limit"
                 break
-            if cfg.time_limit is not None and elapsed + eval_time >= cfg.time_limit:
+            # Stop before a step that would end past the limit (a slow machine's steps
+            # can take seconds).
+            took = self.step_took
+            if cfg.time_limit is not None and elapsed + eval_time + took >= cfg.time_limit:
                 stop_reason = "time_limit"
                 break
 
@@ -629,6 +699,7 @@ class _Run:
                 self.hidden = None  # each epoch starts the streams from a zero state
             x, y = self.streams.window(self.window)
             loss, norm, lr, ok = self.train_step(x, y)
+            self.step_took = time.perf_counter() - now
             self.step += 1
             self.window += 1
             if ok:

@@ -257,6 +257,7 @@ BAD_TRAIN_OPTIONS = [
     (["--grad-clip=-1"], "--grad-clip"),
     (["--max-steps", "0"], "--max-steps"),
     (["--eval-every", "0"], "--eval-every"),
+    (["--val-chars", "0"], "--val-chars"),
     (["--model", "transformer"], "--model"),
     (["--precision", "fp8"], "--precision"),
     (["--device", "tpu"], "--device"),

@@ -16,6 +16,7 @@ import torch
 from conftest import tiny_configs, tiny_run
 from test_faults import TINY, assert_error, file_bytes, invoke
 
+import charrnn.trainer
 from charrnn import idcache, sources
 from charrnn.batches import make_streams
 from charrnn.checkpoint import load_checkpoint, save_checkpoint
@@ -160,10 +161,13 @@ def test_validation_is_bounded_to_evenly_spaced_segments(tmp_path):
     rows = val_segments(ids, 40_000)
     assert rows.shape == (2, 20_001)  # 40,000 predictions in two streams
     assert rows[0, 0] == ids[0] and rows[-1, -1] == ids[-1]  # from the start to the end
+    huge = torch.zeros(2**25 + 12345, dtype=torch.uint8)  # beyond float32's exact integers
+    assert val_segments(huge, 500_000).shape == (30, 16_667)
     model = torch.nn.Module()  # a model that predicts uniformly: loss ln(V) whatever it sees
     model.forward = lambda x, h: (torch.zeros(*x.shape, 50), h)  # type: ignore[method-assign]
     model.config = ModelConfig(vocab_size=50)  # evaluation sizes its chunks by V
-    loss = evaluate_segments(model, rows, torch.device("cpu"))
+    loss, cols = evaluate_segments(model, rows, torch.device("cpu"))
+    assert cols == 20_000
     assert (
         loss
         == pytest.approx(evaluate(model, ids, torch.device("cpu")))
@@ -183,6 +187,20 @@ def test_a_run_reports_how_many_held_out_characters_it_validates_on(tmp_path):
     assert started.val_used == 300
     metrics = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(metrics[-1])["val_chars"] == 300
+
+
+def test_a_time_limited_validation_is_fitted_to_the_limit_once(tmp_path, monkeypatch):
+    # No time at all for validating: the first validation keeps only its first chunk.
+    monkeypatch.setattr(charrnn.trainer, "VAL_TIME_SHARE", 0.0)
+    events = []
+    text = (TEXT * 30)[:50_000]  # 5,000 held out; at most 4,000 used: one 4,000-long segment
+    out = tmp_path / "o"
+    tiny_run(text, str(out), on_event=events.append, max_steps=30, eval_every=25,
+             val_chars=4000, time_limit=600.0)  # fmt: skip
+    notices = [e.message for e in events if isinstance(e, Notice)]
+    assert len(notices) == 1 and "256 held-out characters instead of 4,000" in notices[0]
+    used = [json.loads(line)["val_chars"] for line in (out / "metrics.jsonl").open()]
+    assert len(used) >= 2 and set(used) == {256}  # every validation scores the same
 
 
 def test_time_limit_counts_from_the_commands_start(tmp_path):
