@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2  # two workers: the suite is CPU-bound, one thread per test
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
