@@ -37,8 +37,10 @@ from .sample import generate
 LN2 = math.log(2.0)
 
 # A time-limited run measures this many steps, then plans its learning-rate decay to end
-# when the time does.
+# when the time does; it re-plans from the measured speed at every evaluation and at least
+# every REPLAN_SECONDS.
 CALIBRATION_STEPS = 20
+REPLAN_SECONDS = 10.0
 # Consecutive non-finite steps tolerated (each skipped) before the run is stopped.
 MAX_BAD_STEPS = 5
 # Validation streams are at least this long, so starting each from a zero state costs a
@@ -745,6 +747,12 @@ class _Run:
                     self.plan_from_time(time.perf_counter() - start, step_time, eval_time)
                     self.clock_plan = True
                 timing_from = (self.step, time.perf_counter())
+            elif self.clock_plan and timing_from and now - timing_from[1] >= REPLAN_SECONDS:
+                # Between evaluations too (a short run may have none after the first): a
+                # plan made from the first, slower steps would end the run early.
+                step_time = (now - timing_from[1]) / max(1, self.step - timing_from[0])
+                self.plan_from_time(now - start, step_time, eval_time)
+                timing_from = (self.step, now)
 
             self.emit(
                 StepDone(

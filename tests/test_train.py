@@ -171,3 +171,25 @@ def test_bf16_autocast_trains_to_the_same_loss_as_fp32(tmp_path):
 def test_tiny_configs_are_valid():
     model, run = tiny_configs(hidden_size=8)
     assert model.hidden_size == 8 and run.batch_size == 4
+
+
+def test_a_time_limited_run_replans_between_evaluations(tmp_path, monkeypatch):
+    # The first plan comes from the first, slowest steps; a run with no evaluation after it
+    # must still re-plan from the speed it measures, or it ends well before its time.
+    import charrnn.trainer
+
+    monkeypatch.setattr(charrnn.trainer, "REPLAN_SECONDS", 0.2)
+    plans = []
+
+    def record(event):
+        if isinstance(event, StepDone) and event.plan_steps is not None:
+            plans.append(event.plan_steps)
+
+    result, _ = tiny_run(
+        shakespeare_head(), str(tmp_path), on_event=record, max_steps=None,
+        time_limit=3.0, eval_every=10**6,
+    )  # fmt: skip
+    assert result.stop_reason == "time_limit"
+    # The calibration at step 20 is the run's only evaluation, yet the plan moved.
+    assert [h["step"] for h in result.history][:1] == [20] and len(result.history) <= 2
+    assert len(set(plans)) > 1
