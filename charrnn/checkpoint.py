@@ -47,7 +47,7 @@ import torch
 from . import __version__
 from .config import ModelConfig, TrainConfig
 from .errors import CheckpointError, UsageError
-from .model import CharRNN, parameter_shapes
+from .model import CharRNN, parameter_shapes, tensor_count
 from .vocab import Vocab
 
 FORMAT_NAME = "charrnn-checkpoint"
@@ -276,8 +276,7 @@ def check_weights(ckpt: dict[str, Any], config: ModelConfig, path: str) -> None:
             f"checkpoint {path!r} has {len(ckpt['vocab'])} characters in its vocabulary but its "
             f"model expects {config.vocab_size}: it is damaged"
         )
-    # Four per layer (see parameter_shapes), two for the head, and E for an embedding.
-    expected = 4 * config.num_layers + 2 + (config.input == "embedding")
+    expected = tensor_count(config)  # counted first: building 100,000 layers' names takes long
     if len(state) != expected:
         raise _damaged(
             path,

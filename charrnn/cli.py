@@ -44,6 +44,7 @@ from .device import resolve_device
 from .errors import CharRNNError, CheckpointError, CorpusError, OutputError, UsageError
 from .idcache import CACHE_ENV
 from .rundir import RunDir
+from .sources import read_all
 from .trainer import (
     LN2,
     Evaluated,
@@ -691,22 +692,9 @@ def _read_seed(path: str, vocab: Vocab) -> str:
     """The whole text of a --seed-file (or of stdin for -) is the seed; every character must
     be in the vocabulary, since the model has no input for any other."""
     name = "<stdin>" if path == "-" else path
-    try:
-        if path == "-":
-            if sys.stdin is None:
-                raise CorpusError("--seed-file -: stdin is closed; pipe the seed text in")
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
-    except OSError as e:
-        raise CorpusError(f"cannot read --seed-file {name!r} ({e.strerror or e})") from None
-    try:
-        text = data.decode("utf-8-sig")  # a byte-order mark is not part of the seed
-    except UnicodeDecodeError as e:
-        raise CorpusError(
-            f"--seed-file {name} is not valid UTF-8 (byte offset {e.start}): save it as UTF-8"
-        ) from None
+    text, warnings = read_all(path, "utf-8", role="--seed-file")  # a corpus's own checks
+    for w in warnings:
+        _warn(w)
     if not text:
         raise CorpusError(f"--seed-file {name} is empty: give it the text to start from")
     missing = vocab.missing(text)

@@ -113,6 +113,11 @@ def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def tensor_count(config: ModelConfig) -> int:
+    """len(parameter_shapes(config)) in O(1): four per layer, two for the head, and E."""
+    return 4 * config.num_layers + 2 + (config.input == "embedding")
+
+
 def parameter_count(config: ModelConfig) -> int:
     """The number of parameters of CharRNN(config), in O(1) whatever the sizes: W_ih, W_hh
     and two biases per layer (the first layer's W_ih is V wide, or D after an embedding E
