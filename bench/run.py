@@ -386,6 +386,12 @@ def main() -> None:
 
     table += corpus_scale.rows(tmp, mb=100 if quick else 1000, rounds=1 if quick else 3)
 
+    # -- several processes (torchrun's launcher, gloo) against one, same total batch
+    print("one process vs two (bench/scale_out.py):", flush=True)
+    import scale_out
+
+    table += scale_out.rows(tmp, steps=100 if quick else 300, rounds=1 if quick else 3)
+
     # -- training memory does not grow with steps (resident set, read in the callback)
     rss = {}
 

@@ -42,6 +42,7 @@ from .config import (
 )
 from .corpus import corpus_from_prepared
 from .device import resolve_device
+from .distributed import World, check_batch
 from .errors import CorpusError, UsageError
 from .idcache import prepare as prepare_ids
 from .model import CharRNN
@@ -198,45 +199,45 @@ def train(
     history) with `last_path` and `best_path` set. Raises charrnn.errors.CharRNNError.
     """
     started = time.perf_counter()  # --time-limit counts preparation too
-    unknown = sorted(set(options) - set(MODEL_OPTIONS) - set(TRAIN_OPTIONS))
-    if unknown:
-        raise UsageError(f"unknown option(s) {', '.join(unknown)} for charrnn.train()")
-    if resume and force:
-        raise UsageError("--resume and --force contradict each other: choose one")
-    if resume and init_from is not None:
-        raise UsageError(
-            "--init-from starts a new run from a model's weights; --resume continues the run "
-            "in --out: choose one"
-        )
-    encoding = check_encoding(encoding)  # before the folder is touched or locked
-    given = {k: v for k, v in options.items() if v is not None}
-    if isinstance(given.get("time_limit"), str):
-        given["time_limit"] = parse_duration(given["time_limit"])
-    emit = on_event or (lambda event: None)
+    # Under torchrun, this is one of several processes: rank 0 reads the checkpoints, owns
+    # --out and reports; each machine's first process prepares the corpus's id file.
+    world = World.from_env()
+    request = (corpus, resume, force, init_from, encoding, options, world)
+    given, encoding, paths = check_request(*request)
+    emit = (on_event or (lambda event: None)) if world.is_main else (lambda event: None)
     model_kw = {k: v for k, v in given.items() if k in MODEL_OPTIONS}
-    source = None
-    if init_from is not None:  # its model options; checked before touching the disk
-        source = load_checkpoint(init_from)
-        source_model, source_vocab = model_from_checkpoint(source, init_from)
-        model_kw = _model_options_from(source_model.config, init_from, model_kw)
-    if not resume:  # validate options before touching the disk
-        train_config = TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_OPTIONS})
-        ModelConfig(**model_kw, vocab_size=2)
-    resolve_device(given.get("device", TrainConfig.device))
-    sources = resolve_sources([corpus] if isinstance(corpus, str) else list(corpus), encoding)
-
+    world.connect()
     run_dir = RunDir(out)
-    run_dir.prepare(resume=resume, force=force)
-    run_dir.lock()
     try:
-        ckpt = None
+        source = None
+        if init_from is not None:  # its model options; checked before touching the disk
+            source = world.broadcast(
+                world.together(lambda: load_checkpoint(init_from) if world.is_main else None)
+            )
+            source_model, source_vocab = model_from_checkpoint(source, init_from)
+            model_kw = _model_options_from(source_model.config, init_from, model_kw)
+        if not resume:
+            train_config = TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_OPTIONS})
+            ModelConfig(**model_kw, vocab_size=2)
+        sources = world.together(lambda: resolve_sources(paths, encoding))
+
+        def open_run() -> dict[str, Any] | None:
+            if not world.is_main:
+                return None
+            run_dir.prepare(resume=resume, force=force)
+            run_dir.lock()
+            return load_checkpoint(run_dir.last) if resume else None
+
+        ckpt = world.broadcast(world.together(open_run))
         if resume:
-            ckpt = load_checkpoint(run_dir.last)
             model_config, train_config = resume_configs(*check_resumable(ckpt, run_dir.last), given)
+            check_batch(train_config.batch_size, world)
         for notice in sources.notices:
             emit(Notice(notice))
         t0 = time.perf_counter()
-        prepared = prepare_ids(sources, encoding, cache_dir, on_notice=lambda m: emit(Notice(m)))
+        prepared = world.local_first(
+            lambda: prepare_ids(sources, encoding, cache_dir, on_notice=lambda m: emit(Notice(m)))
+        )
         for warning in prepared.warnings:
             emit(Notice(warning))
         emit(
@@ -252,27 +253,72 @@ def train(
         # its text's: its corpus is matched by content, then renumbered into that vocabulary.
         model_vocab = Vocab.from_list(ckpt["vocab"]) if ckpt else None
         fine_tuned = bool(ckpt and ckpt.get("lineage"))
-        data = corpus_from_prepared(
-            prepared,
-            sources.name,
-            train_config.val_fraction,
-            min_train_chars(train_config.batch_size, train_config.seq_len),
-            resume_record=ckpt.get("corpus") if ckpt else None,
-            vocab=None if fine_tuned else model_vocab,
-        )
-        if fine_tuned:
-            data = finetune.in_vocab(data, model_vocab)
+
+        def open_corpus() -> Any:
+            data = corpus_from_prepared(
+                prepared,
+                sources.name,
+                train_config.val_fraction,
+                min_train_chars(train_config.batch_size, train_config.seq_len),
+                resume_record=ckpt.get("corpus") if ckpt else None,
+                vocab=None if fine_tuned else model_vocab,
+            )
+            return finetune.in_vocab(data, model_vocab) if fine_tuned else data
+
+        data = world.together(open_corpus)
         init = None
         if source is not None:
             data, init = _start_from(source, source_vocab, init_from, data, train_config, emit)
         if not resume:
             model_config = ModelConfig(**model_kw, vocab_size=len(data.vocab))
         result = train_loop(
-            model_config, train_config, data, run_dir, emit, ckpt, stop, init, started
+            model_config, train_config, data, run_dir, emit, ckpt, stop, init, started, world
         )
     finally:
         run_dir.release()
+        world.close()
     return dataclasses.replace(result, last_path=run_dir.last, best_path=run_dir.best)
+
+
+def check_request(
+    corpus: str | list[str],
+    resume: bool,
+    force: bool,
+    init_from: str | None,
+    encoding: str,
+    options: dict[str, Any],
+    world: World,
+) -> tuple[dict[str, Any], str, list[str]]:
+    """The checks of a train request that need no file but the corpus's name: the options
+    typed (given, with durations parsed), the encoding's name, the corpus paths. Run by
+    `charrnn train --nproc-per-node` too, before it starts any process."""
+    unknown = sorted(set(options) - set(MODEL_OPTIONS) - set(TRAIN_OPTIONS))
+    if unknown:
+        raise UsageError(f"unknown option(s) {', '.join(unknown)} for charrnn.train()")
+    if resume and force:
+        raise UsageError("--resume and --force contradict each other: choose one")
+    if resume and init_from is not None:
+        raise UsageError(
+            "--init-from starts a new run from a model's weights; --resume continues the run "
+            "in --out: choose one"
+        )
+    encoding = check_encoding(encoding)  # before the folder is touched or locked
+    given = {k: v for k, v in options.items() if v is not None}
+    if isinstance(given.get("time_limit"), str):
+        given["time_limit"] = parse_duration(given["time_limit"])
+    if not resume:  # validate options before anything is connected or read
+        TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_OPTIONS})
+        if init_from is None:
+            ModelConfig(**{k: v for k, v in given.items() if k in MODEL_OPTIONS}, vocab_size=2)
+        check_batch(given.get("batch_size", TrainConfig.batch_size), world)
+    resolve_device(given.get("device", TrainConfig.device))
+    paths = [corpus] if isinstance(corpus, str) else list(corpus)
+    if world.launched and "-" in paths:
+        raise UsageError(
+            "CORPUS - (stdin) under torchrun: the processes cannot share one stdin; save the "
+            "text to a file and give its path"
+        )
+    return given, encoding, paths
 
 
 def _model_options_from(config: ModelConfig, path: str, typed: dict[str, Any]) -> dict[str, Any]:

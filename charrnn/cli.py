@@ -41,6 +41,7 @@ from .config import (
 )
 from .corpus import read_text
 from .device import resolve_device
+from .distributed import LAUNCHER_ENV, DistributedError, FollowerExit, World, is_reporter
 from .errors import CharRNNError, CheckpointError, CorpusError, OutputError, UsageError
 from .idcache import CACHE_ENV
 from .rundir import RunDir
@@ -181,7 +182,11 @@ def _default(cls: type, name: str) -> Any:
 
 
 def _fail(error: CharRNNError) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(str(error))}", markup=True)
+    # Under torchrun every process meets the same bad input: rank 0 alone says so.
+    # Under charrnn's own launcher, the launcher names a process that died.
+    echo = not (isinstance(error, DistributedError) and os.environ.get(LAUNCHER_ENV))
+    if is_reporter() and echo and not isinstance(error, FollowerExit):
+        err.print(f"[bold red]error:[/] {escape(str(error))}", markup=True)
     raise typer.Exit(code=error.exit_code)
 
 
@@ -466,8 +471,15 @@ def train_cmd(
     ),
     force: bool = typer.Option(False, "--force", help="Start over in an --out that has a run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    nproc_per_node: int = typer.Option(
+        None,
+        "--nproc-per-node",
+        help="Train in this many processes on this machine (one per GPU; gloo on CPUs), "
+        "started by torchrun's launcher; --batch-size is their total.",
+    ),
 ) -> None:
     """Train a char-RNN on CORPUS, writing checkpoints to --out."""
+    _unmute()
     # Only what was typed counts: on --resume the rest comes from the checkpoint.
     typed = {
         name
@@ -479,6 +491,9 @@ def train_cmd(
         for name, value in ctx.params.items()
         if name in typed and name in api.MODEL_OPTIONS + api.TRAIN_OPTIONS
     }
+    if nproc_per_node is not None:
+        request = (corpus, resume, force, init_from, encoding, given)
+        _guarded(lambda: _launch(nproc_per_node, out, *request))
     try:
         _guarded(
             lambda: _train(corpus, out, given, encoding, resume, force, init_from, quiet, cache_dir)
@@ -486,8 +501,47 @@ def train_cmd(
     except KeyboardInterrupt:  # a second Ctrl-C, or a signal before training began
         last = RunDir(out).last
         saved = f"{last} holds the last save" if os.path.exists(last) else "nothing was saved"
-        err.print(f"stopped at once; {saved}")
+        if is_reporter():
+            err.print(f"stopped at once; {saved}")
         raise typer.Exit(code=143 if _signal_seen == ["SIGTERM"] else 130) from None
+
+
+def _launch(
+    nproc: int,
+    out: str,
+    corpus_paths: list[str],
+    resume: bool,
+    force: bool,
+    init_from: str | None,
+    encoding: str,
+    given: dict[str, Any],
+) -> NoReturn:
+    """--nproc-per-node: this process only launches the workers and reports how they ended."""
+    from .launch import run_workers
+    from .sources import resolve as resolve_sources
+
+    if World.from_env().launched:
+        raise UsageError(
+            "--nproc-per-node under torchrun: torchrun has already started the processes; "
+            "drop the option (or run charrnn without torchrun)"
+        )
+    if nproc < 1:
+        raise UsageError(f"--nproc-per-node must be at least 1 (got {nproc})")
+    # What can be refused here is refused before N processes start (each would say it).
+    world = World(size=nproc, local_size=nproc, launched=True)
+    request = api.check_request(corpus_paths, resume, force, init_from, encoding, given, world)
+    resolve_sources(request[2], request[1])
+    outcome = run_workers(nproc, sys.argv[1:])
+    if outcome.killed is not None:
+        rank, name = outcome.killed
+        last = RunDir(out).last
+        saved = f"{last} holds the newest save" if os.path.exists(last) else "nothing was saved"
+        again = shlex.join(["charrnn", "train", *corpus_paths, "--out", out, "--resume"])
+        message = f"process rank {rank} was killed by {name}; the others were stopped; {saved}"
+        err.print(f"[bold red]error:[/] {escape(message)}", markup=True)
+        if os.path.exists(last):
+            err.print(f"continue with: {again} --nproc-per-node {nproc}")
+    raise typer.Exit(code=outcome.exit_code)
 
 
 def _train(
@@ -502,7 +556,8 @@ def _train(
     cache_dir: str | None,
 ) -> None:
     stop = StopRequest()
-    reporter = Reporter(quiet)
+    speaks = is_reporter()  # under torchrun, rank 0 alone shows progress and the outcome
+    reporter = Reporter(quiet or not speaks)
     restore = _install_stop_handlers(stop)
     try:
         result = api.train(
@@ -521,6 +576,10 @@ def _train(
         reporter.stop_live()
         restore()
 
+    if not speaks:
+        if result.stop_reason in ("SIGINT", "SIGTERM"):
+            raise typer.Exit(code=130 if result.stop_reason == "SIGINT" else 143)
+        return
     if result.stop_reason == "already_done":
         err.print(
             f"nothing to do: the run in {out} is at step {result.step}, its limit; nothing was "
@@ -529,6 +588,10 @@ def _train(
         return
     if result.stop_reason in ("SIGINT", "SIGTERM"):
         again = shlex.join(["charrnn", "train", *corpus_paths, "--out", out, "--resume"])
+        if os.environ.get(LAUNCHER_ENV):
+            again += f" --nproc-per-node {os.environ[LAUNCHER_ENV]}"
+        elif World.from_env().launched:
+            again = f"the same torchrun command with: {again[len('charrnn ') :]}"
         err.print(
             f"stopped by {result.stop_reason} at step {result.step}; saved {result.last_path}. "
             f"Continue with: {again}"
@@ -844,7 +907,20 @@ def main() -> None:
         if stream is not None and hasattr(stream, "reconfigure"):
             with contextlib.suppress(OSError, ValueError):
                 stream.reconfigure(encoding="utf-8")
+    if not is_reporter():
+        # Another process of a torchrun launch: rank 0 reports a bad command line, once;
+        # this one speaks again (if it fails on its own) once its command has begun.
+        _muted.append(sys.stderr)
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
     app()
+
+
+_muted: list[Any] = []  # stderr, while a non-reporting process parses its command line
+
+
+def _unmute() -> None:
+    if _muted:
+        sys.stderr = _muted.pop()
 
 
 # The inspection commands (plot, neurons, gradients, novelty) live in their own module;

@@ -28,6 +28,7 @@ from .checkpoint import (
 from .config import DEFAULT_EPOCHS, ModelConfig, SampleConfig, TrainConfig
 from .corpus import Corpus
 from .device import autocast, configure_backends, resolve_device, resolve_precision
+from .distributed import World
 from .errors import CheckpointError, OutputError, TrainingError
 from .memory import EVAL_LOGITS_BYTES, check_memory
 from .model import CharRNN, Hidden, detach_hidden, hidden_from_list, hidden_to_list
@@ -333,8 +334,11 @@ class _Run:
         stop: StopRequest,
         init: dict[str, Any] | None = None,
         started: float | None = None,
+        world: World | None = None,
     ):
         self.config = config
+        # The processes of a torchrun launch (World(): this one alone).
+        self.world = world = world or World()
         self.started = started
         self.deadline: float | None = None  # perf_counter() time --time-limit ends
         self.val_fitted = False  # the validation size was fitted to --time-limit
@@ -343,7 +347,7 @@ class _Run:
         self.run_dir = run_dir
         self.emit = on_event
         self.stop = stop
-        self.device = resolve_device(config.device)
+        self.device = world.device(resolve_device(config.device), config.device)
         self.precision = resolve_precision(config.precision, self.device)
         configure_backends(self.device)
 
@@ -360,12 +364,28 @@ class _Run:
             (resume or {}).get("lineage") or (init or {}).get("lineage") or []
         )
         self.model.to(self.device)
+        if world.rank > 0:  # dropout: each process draws its own masks for its own rows
+            torch.manual_seed(_rank_seed(config.random_seed, world.rank, 0))
+        # Under torchrun, DDP averages the gradients of all processes in backward.
+        self.net: torch.nn.Module = self.model
+        if world.launched:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr, **_fused(self.device))
 
+        # --batch-size counts the streams of all processes: this one takes its rows.
         self.streams: Streams = make_streams(
-            corpus.train.to(self.device), config.batch_size, config.seq_len
+            corpus.train.to(self.device),
+            config.batch_size // world.size,
+            config.seq_len,
+            shard=world.rank,
+            num_shards=world.size,
         )
+        # What rank 0 saves: every process's rows of the hidden state and RNG states.
+        self.collected: tuple[list[torch.Tensor] | None, list[dict[str, Any]]] | None = None
         self.steps_per_epoch = self.streams.windows_per_epoch
         # Validation costs bounded time on any corpus: at most val_chars predictions.
         self.val_rows = val_segments(corpus.val, config.val_chars)
@@ -402,7 +422,7 @@ class _Run:
         self.step = int(ckpt["step"])
         self.epoch = int(ckpt["cursor"]["epoch"])
         self.window = int(ckpt["cursor"]["window"])
-        self.hidden = hidden_from_list(ckpt.get("hidden"), self.device)
+        self.hidden = self._my_rows(hidden_from_list(ckpt.get("hidden"), self.device))
         self.history = list(ckpt.get("history") or [])
         self.best_val = ckpt.get("best_val_loss")
         if self.history:
@@ -414,15 +434,50 @@ class _Run:
         if same_limits and ckpt.get("plan_steps") is not None:
             self.plan = int(ckpt["plan_steps"])  # continue the very same schedule
         rng = ckpt.get("rng") or {}
+        ranks = rng.get("ranks")
+        if ranks and len(ranks) == self.world.size:
+            rng = ranks[self.world.rank]  # the same processes again: each its own state
+        elif self.world.rank > 0:  # another process count: fresh, distinct dropout draws
+            torch.manual_seed(_rank_seed(self.config.random_seed, self.world.rank, self.step))
+            rng = {}
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
         if self.device.type == "cuda" and rng.get("cuda"):
             torch.cuda.set_rng_state(rng["cuda"][0], self.device)
 
-    def state(self) -> dict[str, Any]:
+    def _my_rows(self, hidden: Hidden | None) -> Hidden | None:
+        """This process's rows of the saved state of all streams (L, B, H)."""
+        if hidden is None or self.world.size == 1:
+            return hidden
+        b = self.config.batch_size // self.world.size
+        rows = slice(self.world.rank * b, (self.world.rank + 1) * b)
+        if isinstance(hidden, tuple):
+            return tuple(h[:, rows].contiguous() for h in hidden)
+        return hidden[:, rows].contiguous()
+
+    def _rng(self) -> dict[str, Any]:
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = [torch.cuda.get_rng_state(self.device)]
+        return rng
+
+    def collect(self) -> None:
+        """Before rank 0 saves (every process calls this at the same step): the hidden
+        state of all streams and every process's RNG state, gathered to rank 0."""
+        if not self.world.launched:
+            return
+        parts = None if self.hidden is None else self.hidden
+        if parts is not None:
+            parts = parts if isinstance(parts, tuple) else (parts,)
+            parts = [self.world.gather_rows(h).cpu() for h in parts]
+        self.collected = (parts, self.world.gather(_to_cpu(self._rng())))
+
+    def state(self) -> dict[str, Any]:
+        rng = self._rng()
+        hidden = hidden_to_list(self.hidden)
+        if self.collected is not None:  # several processes: all of them, rank 0's first
+            hidden, ranks = self.collected
+            rng = {**ranks[0], "ranks": ranks}
         return {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -435,7 +490,7 @@ class _Run:
             "step": self.step,
             "epoch": self.epoch,
             "cursor": {"epoch": self.epoch, "window": self.window},
-            "hidden": hidden_to_list(self.hidden),
+            "hidden": hidden,
             "rng": rng,
             "plan_steps": self.plan,
             "best_val_loss": self.best_val,
@@ -448,6 +503,8 @@ class _Run:
         }
 
     def save(self, also_best: bool) -> None:
+        if not self.world.is_main:  # one process writes; collect() gave it the others' state
+            return
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             # Never replace a good checkpoint with a broken model.
             raise TrainingError(
@@ -611,12 +668,12 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with autocast(self.device, self.precision):
-            logits, hidden = self.model(x, self.hidden)  # (B, T, V)
+            logits, hidden = self.net(x, self.hidden)  # (B, T, V)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP, this also averages the gradients of all processes
         norm = clip_gradients(self.params, self.config.grad_clip)
-        loss_value = loss.item()
+        loss_value = self.world.mean(loss.detach()).item()  # the whole batch's loss
         ok = math.isfinite(loss_value) and math.isfinite(norm)
         if ok:
             self.optimizer.step()
@@ -680,19 +737,23 @@ class _Run:
         while True:
             now = time.perf_counter()
             elapsed = now - start
-            if self.stop:
-                break
+            decision = None
             if self.limit is not None and self.step >= self.limit:
-                stop_reason = "max_steps" if cfg.max_steps == self.limit else "epochs"
+                decision = "max_steps" if cfg.max_steps == self.limit else "epochs"
+            elif cfg.time_limit is not None and (
+                (self.plan is not None and self.step >= self.plan)
+                # Stop before a step that would end past the limit (a slow machine's steps
+                # can take seconds).
+                or elapsed + eval_time + self.step_took >= cfg.time_limit
+            ):
+                decision = "time_limit"
+            # Under torchrun every process stops at the same step, by rank 0's clock; a
+            # signal that lands after this point is acted on at the next step.
+            stopping, decision = self._agree(decision)
+            if stopping:
                 break
-            if self.plan is not None and cfg.time_limit is not None and self.step >= self.plan:
-                stop_reason = "time_limit"
-                break
-            # Stop before a step that would end past the limit (a slow machine's steps
-            # can take seconds).
-            took = self.step_took
-            if cfg.time_limit is not None and elapsed + eval_time + took >= cfg.time_limit:
-                stop_reason = "time_limit"
+            if decision is not None:
+                stop_reason = decision
                 break
 
             if self.window >= self.steps_per_epoch:
@@ -736,7 +797,8 @@ class _Run:
                 mark_step, mark_time = timing_from or (start_step, start)
                 step_time = (now - mark_time) / max(1, self.step - mark_step)
                 t0 = time.perf_counter()
-                if self.validate(now - start) is None:
+                self.collect()
+                if self.world.is_main and self.validate(now - start) is None:
                     evaluated_at = self.step  # saved without it (out of time) or stopping
                     continue
                 evaluated_at = self.step
@@ -769,10 +831,14 @@ class _Run:
             )
 
         elapsed = time.perf_counter() - start
-        if not self.stop and evaluated_at != self.step and self.validate(elapsed) is None:
-            pass  # interrupted during the final evaluation: saved just below
-        if self.stop:
-            stop_reason = self.stop.reason or "interrupted"
+        if not stopping and evaluated_at != self.step:
+            self.collect()
+            if self.world.is_main:
+                self.validate(elapsed)  # if interrupted part-way, saved just below
+            stopping, _ = self._agree(None)
+        if stopping:
+            stop_reason = stopping
+            self.collect()
             self.save(also_best=False)  # no evaluation: stop as fast as asked
         return TrainResult(
             step=self.step,
@@ -784,6 +850,17 @@ class _Run:
             history=self.history,
         )
 
+    def _agree(self, decision: str | None) -> tuple[str | None, str | None]:
+        """(why to stop at once: a signal seen by any process, or None; rank 0's decision),
+        with rank 0's plan: what every process acts on. Alone, the signal as seen now."""
+        if not self.world.launched:
+            return self.stop.reason, decision
+        signal, decision, plan = self.world.agree_step(self.stop.reason, decision, self.plan)
+        self.plan = plan
+        if signal is not None and not self.stop:
+            self.stop.set(signal)
+        return signal, decision
+
     def _eta(self, elapsed: float, steps_per_sec: float) -> float | None:
         ends = []
         target = self.plan if self.plan is not None else self.limit
@@ -792,6 +869,11 @@ class _Run:
         if self.config.time_limit is not None:
             ends.append(max(0.0, self.config.time_limit - elapsed))
         return min(ends) if ends else None
+
+
+def _rank_seed(seed: int, rank: int, step: int) -> int:
+    # Distinct for each (run seed, process, step resumed at); torch takes 64-bit seeds.
+    return (seed * 1_000_003 + rank * 7919 + step) % 2**63
 
 
 def _fused(device: torch.device) -> dict[str, Any]:
@@ -819,6 +901,7 @@ def train(
     stop: StopRequest | None = None,
     init: dict[str, Any] | None = None,
     started: float | None = None,
+    world: World | None = None,
 ) -> TrainResult:
     """Train (or, with `resume`, continue) a char-RNN on `corpus`, saving into `run_dir`.
 
@@ -844,5 +927,6 @@ def train(
         stop if stop is not None else StopRequest(),
         init,
         started,
+        world,
     )
     return run.run()

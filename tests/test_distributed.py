@@ -1,0 +1,280 @@
+"""Training in several processes: torchrun + DDP over gloo on this CPU, for real.
+
+Each test starts real processes (torchrun, or `charrnn train --nproc-per-node`, which uses
+torchrun's launcher) on a tiny model, so a run takes seconds. The claims: a run's
+mathematics does not depend on its process count; checkpoints resume across counts and
+exactly under DDP; a signal stops every process at one step with one save; a killed
+process ends the run quickly with one message; bad input says one thing once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import shakespeare_head
+
+from charrnn.checkpoint import load_checkpoint
+from charrnn.distributed import World, check_batch
+from charrnn.errors import UsageError
+from charrnn.launch import worker_args
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="this torch has no torch.distributed"
+)
+
+# Small enough for seconds, big enough that 2 x 2 streams are real parallel rows.
+MODEL = ["--hidden-size", "24", "--num-layers", "2", "--dropout", "0"]
+RUN = ["--batch-size", "4", "--seq-len", "16", "--lr", "1e-2", "--eval-every", "20"]
+RUN += ["--sample-length", "0", "--device", "cpu", "--precision", "fp32", "--val-chars", "3000"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("text") / "text.txt"
+    path.write_text(shakespeare_head(30000), encoding="utf-8")
+    return str(path)
+
+
+def charrnn(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "charrnn", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+    )
+
+
+def torchrun(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+    )
+
+
+def val_losses(out) -> dict[int, float]:
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return {r["step"]: r["val_loss"] for r in map(json.loads, f)}
+
+
+def close(a: dict[int, float], b: dict[int, float], tol: float = 1e-3) -> bool:
+    return a.keys() == b.keys() and all(abs(a[k] - b[k]) < tol for k in a)
+
+
+@pytest.fixture(scope="module")
+def one_process(corpus, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("one"))
+    done = charrnn("train", corpus, "--out", out, *MODEL, *RUN, "--max-steps", "40", "--force")
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_processes(corpus, tmp_path_factory) -> tuple[str, subprocess.CompletedProcess]:
+    out = str(tmp_path_factory.mktemp("two"))
+    done = torchrun(
+        "--standalone", "--nproc-per-node", "2", "-m", "charrnn", "train", corpus,
+        "--out", out, *MODEL, *RUN, "--max-steps", "40",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out, done
+
+
+def test_two_processes_compute_what_one_does(two_processes, one_process):
+    out, done = two_processes
+    # --batch-size 4 is the total: 2 rows each, the same 4 streams, the same losses.
+    assert close(val_losses(out), val_losses(one_process))
+    assert len(val_losses(out)) == 2
+    # Progress and the outcome once (rank 0), not once per process.
+    assert done.stderr.count("done: 40 steps") == 1
+    assert done.stderr.count("step 20 |") == 1
+    ckpt = load_checkpoint(os.path.join(out, "last.pt"))
+    assert [tuple(h.shape) for h in ckpt["hidden"]] == [(2, 4, 24), (2, 4, 24)]
+    assert len(ckpt["rng"]["ranks"]) == 2  # each process's dropout RNG, for an exact resume
+    alone = load_checkpoint(os.path.join(one_process, "last.pt"))
+    for mine, theirs in zip(ckpt["hidden"], alone["hidden"], strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-4)  # the rows gathered in stream order
+
+
+def test_a_run_resumes_across_process_counts(corpus, one_process, two_processes, tmp_path):
+    # 2 processes -> 1, and 1 -> 2, both on to step 60: the same continuation.
+    two, one = str(tmp_path / "two"), str(tmp_path / "one")
+    shutil.copytree(two_processes[0], two)
+    shutil.copytree(one_process, one)
+    a = charrnn("train", corpus, "--out", two, "--resume", "--max-steps", "60")
+    b = charrnn(
+        "train", corpus, "--out", one, "--resume", "--max-steps", "60", "--nproc-per-node", "2"
+    )
+    assert a.returncode == 0, a.stderr
+    assert b.returncode == 0, b.stderr
+    assert close(val_losses(two), val_losses(one))
+    assert max(val_losses(two)) == 60
+
+
+def _start(corpus: str, out: str, *extra: str, model: list[str] = MODEL) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "charrnn", "train", corpus, "--out", out, *model, *RUN, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+
+
+def _wait_for_step(out: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the run's first validation is on disk."""
+    path = os.path.join(out, "metrics.jsonl")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run never reached its first validation")
+
+
+def test_sigterm_stops_every_process_at_one_step_and_resumes_exactly(corpus, tmp_path):
+    # Dropout on: the resumed run is bit-for-bit the same only if each process gets its
+    # own RNG state back, and the hidden state of its own rows.
+    model = [*MODEL[:-1], "0.2"]
+    whole = str(tmp_path / "whole")
+    done = charrnn(
+        "train", corpus, "--out", whole, *model, *RUN, "--max-steps", "100",
+        "--nproc-per-node", "2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    cut = str(tmp_path / "cut")
+    proc = _start(corpus, cut, "--max-steps", "100", "--nproc-per-node", "2", model=model)
+    _wait_for_step(cut, proc)
+    proc.send_signal(signal.SIGTERM)  # to the launcher: torchrun's agent passes it on
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.count("stopped by SIGTERM at step") == 1
+    assert "--nproc-per-node 2" in err  # the command to continue
+    stopped_at = load_checkpoint(os.path.join(cut, "last.pt"))["step"]
+    assert 20 <= stopped_at < 100
+
+    again = charrnn("train", corpus, "--out", cut, "--resume", "--nproc-per-node", "2")
+    assert again.returncode == 0, again.stderr
+    a = load_checkpoint(os.path.join(whole, "last.pt"))["model_state"]
+    b = load_checkpoint(os.path.join(cut, "last.pt"))["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_killed_process_ends_the_run_at_once_with_one_message(corpus, tmp_path):
+    out = str(tmp_path / "run")
+    proc = _start(corpus, out, "--max-steps", "100000", "--nproc-per-node", "2")
+    _wait_for_step(out, proc)
+    found = subprocess.run(
+        ["pgrep", "-f", "--", f"charrnn train {corpus} --out {out}"], capture_output=True, text=True
+    ).stdout.split()
+    workers = sorted(int(pid) for pid in found if int(pid) != proc.pid)
+    assert len(workers) == 2
+    began = time.monotonic()
+    os.kill(workers[-1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - began < 30  # no hang in a collective
+    assert proc.returncode == 1
+    assert err.count("error:") == 1, err
+    assert "was killed by SIGKILL" in err and "Traceback" not in err
+    # The newest save resumes (here in one process).
+    again = charrnn("train", corpus, "--out", out, "--resume", "--max-steps", "25")
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["/no/such/corpus.txt"], 1, "not found"),
+        (["CORPUS", "--batch-size", "5"], 2, "does not divide among 2 processes"),
+        (["CORPUS", "--hidden-size", "0"], 2, "hidden-size"),
+        (["-"], 2, "stdin"),
+    ],
+)
+def test_bad_input_says_one_thing_once(corpus, tmp_path, args, code, says):
+    args = [corpus if a == "CORPUS" else a for a in args]
+    out = str(tmp_path / "run")
+    shortcut = charrnn("train", *args, "--out", out, "--nproc-per-node", "2")
+    assert shortcut.returncode == code
+    assert shortcut.stderr.count("error:") == 1 and says in shortcut.stderr, shortcut.stderr
+    assert "Traceback" not in shortcut.stderr
+    assert not os.path.exists(os.path.join(out, "last.pt"))
+
+
+def test_plain_torchrun_bad_input_has_no_charrnn_traceback(tmp_path):
+    done = torchrun(
+        "--standalone", "--nproc-per-node", "2", "-m", "charrnn", "train", "/no/such.txt",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.count("error: corpus") == 1  # rank 0's line; rank 1 stays quiet
+    assert "charrnn/" not in done.stderr.split("error: corpus")[1].split("\n", 1)[0]
+    assert 'charrnn/api.py"' not in done.stderr and "charrnn/cli.py" not in done.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_meet_at_a_rendezvous(corpus, one_process, tmp_path):
+    """Two torchrun invocations, as two machines of a cluster would start them."""
+    out = str(tmp_path / "nodes")
+    rdzv = [
+        "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+        "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "charrnn-test",
+    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", *rdzv, "-m", "charrnn", "train"]
+    cmd += [corpus, "--out", out, *MODEL, *RUN, "--max-steps", "40"]
+    nodes = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        for _ in range(2)
+    ]
+    results = [node.communicate(timeout=120) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], results
+    assert close(val_losses(out), val_losses(one_process))
+    assert sum(err.count("done: 40 steps") for _, err in results) == 1
+
+
+# ------------------------------------------------------------------- no processes
+
+
+def test_world_from_torchrun_environment(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert World.from_env() == World()  # plain `charrnn`: one process, nothing to join
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    world = World.from_env()
+    assert (world.rank, world.size, world.local_rank, world.launched) == (3, 4, 1, True)
+    assert not world.is_main and not world.is_local_main
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(UsageError, match="torchrun"):
+        World.from_env()
+
+
+def test_batch_size_must_divide_among_processes():
+    check_batch(24, World(size=4, launched=True))
+    with pytest.raises(UsageError, match="multiple of 4"):
+        check_batch(10, World(size=4, launched=True))
+
+
+def test_the_launcher_passes_every_option_but_its_own():
+    argv = ["train", "a.txt", "--nproc-per-node", "2", "--out", "x", "--nproc-per-node=3", "-q"]
+    assert worker_args(argv) == ["train", "a.txt", "--out", "x", "-q"]
