@@ -20,8 +20,8 @@ results.md are rewritten after every section (a kill keeps what was done):
 
 Throughput figures are medians over interleaved rounds (bare, ours, bare, ours), each
 timed after warm-up steps, with CUDA synchronised at the ends of the timed span; a ratio
-is the median of the per-round ratios ours / bare. "fp32" allows TF32 matmuls on both
-sides (charrnn's CUDA setting, device.configure_backends).
+is median(ours) / median(bare); results.json also keeps every round and its ratio.
+"fp32" allows TF32 matmuls on both sides (charrnn's CUDA setting, configure_backends).
 
 Files under $OUT (or --out, else ./gpu-out): results.json, results.md, log.txt,
 train-metrics.jsonl (section 5's metrics.jsonl); bench/gpu.sh adds console.txt.
@@ -223,6 +223,9 @@ def train_summary(run_dir: str, lines: list[str], batch: int, seq_len: int) -> d
     for line in lines:
         if line.startswith("done:") or line.startswith("error:"):
             summary["final_line"] = line
+            done = re.match(r"done: ([\d,]+) steps", line)
+            if done:  # the last evaluation may come before the last step
+                summary["steps_done"] = int(done.group(1).replace(",", ""))
     return summary
 
 
@@ -339,8 +342,9 @@ def child_env_info(args) -> None:
             capability=".".join(map(str, torch.cuda.get_device_capability(0))),
             gpu_memory_gib=round(props.total_memory / 2**30, 1),
             bf16_supported=torch.cuda.is_bf16_supported(),
-            nccl=".".join(map(str, torch.cuda.nccl.version())),
         )
+        with contextlib.suppress(Exception):  # a tuple or an int, by torch version
+            info["nccl"] = str(torch.cuda.nccl.version())
     print(json.dumps(info, indent=1), flush=True)
     write_partial(args.partial, info)
 
@@ -379,7 +383,7 @@ class Bench:
         fused = {"fused": True} if self.device.type == "cuda" else {}
         opt = torch.optim.Adam(params, lr=2e-3, **fused)
         n = (len(ids) - 1) // batch
-        data = ids.to(self.device).long()
+        data = ids.long().to(self.device)
         x_all = data[: n * batch].view(batch, n)  # (B, n): stream b is row b
         y_all = data[1 : n * batch + 1].view(batch, n)
         windows = n // seq_len
@@ -450,10 +454,6 @@ class Bench:
         return (s1 - s0) * batch * seq_len / (t1 - t0)
 
 
-def _median_ratio(ours: list[float], base: list[float]) -> float:
-    return statistics.median(o / b for o, b in zip(ours, base, strict=True))
-
-
 def child_throughput(args) -> None:
     from charrnn.config import ModelConfig
     from charrnn.corpus import build_corpus, read_text
@@ -483,7 +483,8 @@ def child_throughput(args) -> None:
                     "precision": precision,
                     "bare_chars_per_sec": round(statistics.median(base)),
                     "ours_chars_per_sec": round(statistics.median(ours)),
-                    "ratio": round(_median_ratio(ours, base), 3),
+                    "ratio": round(statistics.median(ours) / statistics.median(base), 3),
+                    "ratio_per_round": [round(o / b, 3) for o, b in zip(ours, base, strict=True)],
                     "bare_runs": [round(x) for x in base],
                     "ours_runs": [round(x) for x in ours],
                 }
@@ -538,7 +539,8 @@ def vocab_rows(cases, runs) -> list[dict]:
                 "input": input,
                 "resolved_input": ModelConfig(vocab_size=v, input=input).input,
                 "chars_per_sec": round(statistics.median(done)),
-                "ratio_to_v65": round(_median_ratio(done, base), 3),
+                "ratio_to_v65": round(statistics.median(done) / statistics.median(base), 3),
+                "ratio_per_round": [round(o / b, 3) for o, b in zip(done, base, strict=True)],
                 "runs": [round(x) for x in done],
             }
         )
@@ -556,11 +558,11 @@ def markdown(results: dict) -> str:
     lines = [f"# GPU figures ({'DRY RUN on CPU' if results['dry_run'] else 'GPU'}), "
              f"{results['started_utc']} UTC, {results.get('elapsed_s', 0):.0f} s", ""]  # fmt: skip
     env = s.get("env", {})
-    if env:
+    if "torch" in env:
         keys = ("gpu", "torch", "torch_cuda", "cudnn", "bf16_supported", "nccl", "python")
         lines += ["env: " + ", ".join(f"{k} {env.get(k)}" for k in keys), ""]
     tests = s.get("cuda_tests", {})
-    if tests:
+    if "rc" in tests:
         lines += [f"tests/test_cuda.py: {tests.get('counts')} (rc {tests.get('rc')})", ""]
     tp = s.get("throughput", {})
     if tp.get("rows"):
@@ -593,18 +595,19 @@ def markdown(results: dict) -> str:
             )
         lines.append("")
     train = s.get("train", {})
-    if train:
+    if "command" in train:
         lines += [
             f"Training run: `{train.get('command')}`",
-            f"steps {train.get('steps')}, best val loss {train.get('best_val_loss')} nats/char, "
+            f"steps {train.get('steps_done')} (last evaluation at {train.get('steps')}), "
+            f"best val loss {train.get('best_val_loss')} nats/char, "
             f"chars/s {train.get('chars_per_sec_progress_median')} (median of progress lines), "
             f"{train.get('chars_per_sec_overall')} (overall), rc {train.get('rc')}",
             "",
         ]
     ddp = s.get("torchrun", {})
-    if ddp:
+    if "plain" in ddp:
         lines += [
-            "| launch | rc | steps | val loss | chars/s (progress) |",
+            "| launch | rc | steps | val loss | chars/s (whole run) |",
             "|---|---|---|---|---|",
         ]
         for name in ("plain", "torchrun", "shortcut"):
@@ -612,13 +615,22 @@ def markdown(results: dict) -> str:
             if r:
                 lines.append(
                     f"| {name} | {r.get('rc')} | {r.get('steps')} | {r.get('last_val_loss')} | "
-                    f"{r.get('chars_per_sec_progress_last')} |"
+                    f"{r.get('chars_per_sec_overall')} |"
                 )
         lines.append("")
-    failed = [name for name, r in s.items() if r.get("rc") not in (0, None) or r.get("error")]
+    failed = [name for name, r in s.items() if _failed(r)]
     if failed:
         lines += [f"sections with a failure: {', '.join(failed)} (see results.json, log.txt)", ""]
+    skipped = [name for name, r in s.items() if "skipped" in r]
+    if skipped:
+        lines += [f"sections skipped (out of budget): {', '.join(skipped)}", ""]
     return "\n".join(lines)
+
+
+def _failed(result: dict) -> bool:
+    """A section, or one of its commands (torchrun's three), failed or timed out."""
+    parts = [result, *(v for v in result.values() if isinstance(v, dict))]
+    return any(p.get("rc") not in (0, None) or p.get("error") or p.get("timed_out") for p in parts)
 
 
 # ------------------------------------------------------------------------ main
