@@ -233,8 +233,8 @@ def section_train(report: Report, ctx: dict, guard: float) -> None:
     dry = ctx["dry_run"]
     res = report.section("train")
     time_limit = ctx["train_time"]
-    if guard - 40 < time_limit:  # earlier sections overran: shorter, rather than killed
-        time_limit = max(30.0, guard - 40)
+    if guard - 25 < time_limit:  # earlier sections overran: shorter, rather than killed
+        time_limit = max(min(30.0, time_limit), guard - 25)
         report.log(f"  the budget leaves {guard:.0f}s: --time-limit {time_limit:.0f}s")
     run_dir = os.path.join(ctx["tmp"], "train")
     hidden, layers, batch = (64, 1, 16) if dry else (512, 2, 128)
@@ -242,7 +242,7 @@ def section_train(report: Report, ctx: dict, guard: float) -> None:
             "--time-limit", f"{time_limit:.0f}s", "--device", ctx["device"],
             "--hidden-size", str(hidden), "--num-layers", str(layers), "--dropout", "0.25",
             "--batch-size", str(batch), "--force"]  # fmt: skip
-    r = run_cmd(report, argv, time_limit + 60, ctx["env"])
+    r = run_cmd(report, argv, time_limit + 25, ctx["env"])
     res.update(command=" ".join(argv), rc=r["rc"], seconds=r["seconds"], timed_out=r["timed_out"])
     res.update(train_summary(run_dir, r["lines"], batch, 64))
     metrics = os.path.join(ROOT, run_dir, "metrics.jsonl")
@@ -309,8 +309,8 @@ SECTIONS = [
     ("cuda_tests", section_cuda_tests, 120, 30),
     ("throughput", section_throughput, 170, 60),
     ("vocab", section_vocab, 80, 30),
-    ("train", section_train, None, 90),  # None: --train-time + 60 s
-    ("torchrun", section_torchrun, 180, 45),
+    ("train", section_train, None, 90),  # None: --train-time + 40 s
+    ("torchrun", section_torchrun, 180, 60),
 ]
 
 
@@ -463,7 +463,7 @@ def child_throughput(args) -> None:
     v = len(corpus.vocab)
     shapes = [(2, 32), (2, 64)] if bench.dry else [(2, 512), (3, 1024)]
     batches = (8,) if bench.dry else (64, 128)
-    seconds, rounds, seq_len = (0.3, 2, 64) if bench.dry else (1.2, 2, 64)
+    seconds, rounds, seq_len = (0.3, 2, 64) if bench.dry else (1.0, 2, 64)
     result = {"seq_len": seq_len, "seconds_per_block": seconds, "rounds": rounds, "rows": []}
     for layers, hidden in shapes:
         for batch in batches:
@@ -508,7 +508,7 @@ def child_vocab(args) -> None:
     hidden = 32 if bench.dry else ModelConfig.hidden_size
     batch, seq_len = TrainConfig.batch_size, TrainConfig.seq_len
     precision = "bf16"
-    seconds, rounds = (0.2, 1) if bench.dry else (1.5, 2)
+    seconds, rounds = (0.2, 1) if bench.dry else (1.2, 2)
     cases = [(65, "auto"), (2000, "auto"), (6000, "auto"), (6000, "onehot")]
     runs: dict = {case: [] for case in cases}
     result = {"hidden_size": hidden, "batch": batch, "seq_len": seq_len, "precision": precision,
@@ -651,6 +651,11 @@ def main() -> None:
         CHILDREN[args.section](args)
         return
 
+    chosen = args.only.split(",") if args.only else [name for name, *_ in SECTIONS]
+    unknown = set(chosen) - {name for name, *_ in SECTIONS}
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}")
+    plan = [s for s in SECTIONS if s[0] in chosen]
     out = os.path.abspath(args.out or os.environ.get("OUT") or os.path.join(ROOT, "gpu-out"))
     budget = args.budget or (240.0 if args.dry_run else 420.0)
     scale = 0.25 if args.dry_run else 1.0
@@ -664,17 +669,12 @@ def main() -> None:
         "train_time": args.train_time or (20.0 if args.dry_run else 180.0),
     }
     report.results.update(budget_s=budget, out=out)
-    chosen = args.only.split(",") if args.only else [name for name, *_ in SECTIONS]
-    unknown = set(chosen) - {name for name, *_ in SECTIONS}
-    if unknown:
-        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}")
-    plan = [s for s in SECTIONS if s[0] in chosen]
     report.log(f"bench/gpu.py: sections {', '.join(n for n, *_ in plan)}; budget {budget:.0f}s; "
                f"out {out}")  # fmt: skip
     try:
         for i, (name, fn, longest, least) in enumerate(plan):
             if longest is None:
-                longest = ctx["train_time"] + 60
+                longest = ctx["train_time"] + 40
             left = budget - (time.time() - report.started)
             later = sum(s[3] for s in plan[i + 1 :]) * scale
             guard = min(longest, left - later)
