@@ -241,7 +241,7 @@ def section_train(report: Report, ctx: dict, guard: float) -> None:
     argv = [PY, "-m", "charrnn", "train", CORPUS, "--out", run_dir,
             "--time-limit", f"{time_limit:.0f}s", "--device", ctx["device"],
             "--hidden-size", str(hidden), "--num-layers", str(layers), "--dropout", "0.25",
-            "--batch-size", str(batch), "--force"]  # fmt: skip
+            "--batch-size", str(batch), *ctx["precision"], "--force"]  # fmt: skip
     r = run_cmd(report, argv, time_limit + 25, ctx["env"])
     res.update(command=" ".join(argv), rc=r["rc"], seconds=r["seconds"], timed_out=r["timed_out"])
     res.update(train_summary(run_dir, r["lines"], batch, 64))
@@ -271,7 +271,7 @@ def section_train(report: Report, ctx: dict, guard: float) -> None:
 def section_torchrun(report: Report, ctx: dict, guard: float) -> None:
     dry = ctx["dry_run"]
     res = report.section("torchrun")
-    steps = 30 if dry else 300
+    steps = 10 if dry else 300
     size = ["--hidden-size", "32"] if dry else []
     each = min(60.0, guard / 3)
     torchrun = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
@@ -279,7 +279,8 @@ def section_torchrun(report: Report, ctx: dict, guard: float) -> None:
     for name, launcher in runs.items():
         run_dir = os.path.join(ctx["tmp"], f"ddp-{name}")
         argv = [*launcher, "charrnn", "train", CORPUS, "--out", run_dir, "--max-steps",
-                str(steps), "--device", ctx["device"], *size, "--force"]  # fmt: skip
+                str(steps), "--device", ctx["device"], *size, *ctx["precision"],
+                "--force"]  # fmt: skip
         if name == "shortcut":
             argv += ["--nproc-per-node", "1"]
         try:
@@ -360,6 +361,7 @@ class Bench:
         self.torch = torch
         self.dry = args.dry_run
         self.device = torch.device("cpu" if self.dry else "cuda")
+        self.warm = 2 if self.dry else 5  # steps before timing: cuDNN plans, allocator
         configure_backends(self.device)  # the same TF32 / cuDNN settings for both sides
         self.tmp = tempfile.mkdtemp(prefix="charrnn-gpu-child-")
 
@@ -403,7 +405,7 @@ class Bench:
             opt.step()
             state["h"] = tuple(t.detach() for t in h)
 
-        for _ in range(5):  # cuDNN plans, allocator, fused-Adam state
+        for _ in range(self.warm):
             step()
         self.sync()
         t0, steps = time.perf_counter(), 0
@@ -424,7 +426,7 @@ class Bench:
         from charrnn.rundir import RunDir
         from charrnn.trainer import StepDone, StopRequest, train
 
-        warm = 5
+        warm = self.warm
         config = TrainConfig(
             batch_size=batch,
             seq_len=seq_len,
@@ -463,7 +465,8 @@ def child_throughput(args) -> None:
     v = len(corpus.vocab)
     shapes = [(2, 32)] if bench.dry else [(2, 512), (3, 1024)]
     batches = (8,) if bench.dry else (64, 128)
-    seconds, rounds, seq_len = (0.3, 2, 64) if bench.dry else (1.0, 2, 64)
+    # dry: one round (CPU bf16 can be very slow on a loaded machine)
+    seconds, rounds, seq_len = (0.3, 1, 64) if bench.dry else (1.0, 2, 64)
     result = {"seq_len": seq_len, "seconds_per_block": seconds, "rounds": rounds, "rows": []}
     for layers, hidden in shapes:
         for batch in batches:
@@ -507,7 +510,7 @@ def child_vocab(args) -> None:
     # The defaults (LSTM 2x256, dropout 0.2, batch 24, window 64); dry: a smaller model.
     hidden = 32 if bench.dry else ModelConfig.hidden_size
     batch, seq_len = TrainConfig.batch_size, TrainConfig.seq_len
-    precision = "bf16"
+    precision = "fp32" if bench.dry else "bf16"  # dry: CPU bf16 can be very slow
     seconds, rounds = (0.2, 1) if bench.dry else (1.2, 2)
     cases = [(65, "auto"), (2000, "auto"), (6000, "auto"), (6000, "onehot")]
     runs: dict = {case: [] for case in cases}
@@ -667,6 +670,9 @@ def main() -> None:
         "tmp": tmp,
         "env": child_env(tmp),
         "train_time": args.train_time or (20.0 if args.dry_run else 180.0),
+        # CLI runs: charrnn's default (auto: bf16 on the GPU); dry: fp32, as CPU bf16
+        # can be very slow on a loaded machine
+        "precision": ["--precision", "fp32"] if args.dry_run else [],
     }
     report.results.update(budget_s=budget, out=out)
     report.log(f"bench/gpu.py: sections {', '.join(n for n, *_ in plan)}; budget {budget:.0f}s; "
