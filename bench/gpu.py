@@ -363,7 +363,8 @@ class Bench:
         self.device = torch.device("cpu" if self.dry else "cuda")
         self.warm = 2 if self.dry else 5  # steps before timing: cuDNN plans, allocator
         configure_backends(self.device)  # the same TF32 / cuDNN settings for both sides
-        self.tmp = tempfile.mkdtemp(prefix="charrnn-gpu-child-")
+        # Beside the partial results, in the parent's folder: removed when the run ends.
+        self.tmp = os.path.join(os.path.dirname(os.path.abspath(args.partial)), args.section)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
