@@ -276,7 +276,7 @@ class Reporter:
         if e.time_limit is not None:
             limits.append(_fmt_time(e.time_limit))
         self.line(
-            f"{what} {e.step}: {e.num_params:,} parameters on {e.device} ({e.precision}); "
+            f"{what} {e.step}: {e.num_params:,} parameters on {_where(e)} ({e.precision}); "
             f"{e.train_chars:,} training / {e.val_chars:,} validation characters"
             f"{_val_used(e)}, vocabulary {e.vocab_size:,} "
             f"({e.input.replace('onehot', 'one-hot')} input); {e.steps_per_epoch} steps per epoch; "
@@ -347,6 +347,13 @@ class Reporter:
 
 
 _signal_seen: list[str] = []  # the signal that ended a run before training began
+
+
+def _where(e: RunStarted) -> str:
+    if e.processes == 1:
+        return e.device
+    kind = "GPUs" if e.device.startswith("cuda") else "CPU processes"
+    return f"{e.processes} {kind} (DDP; rank 0 on {e.device})"
 
 
 def _val_used(e: RunStarted) -> str:

@@ -71,6 +71,7 @@ class RunStarted:
     vocab_size: int
     val_used: int | None = None  # held-out characters each evaluation predicts (the bound)
     input: str = "onehot"  # ModelConfig.input, resolved: "onehot" or "embedding"
+    processes: int = 1  # torchrun's world size: the processes training together
 
 
 @dataclass
@@ -716,6 +717,7 @@ class _Run:
                 vocab_size=len(self.corpus.vocab),
                 val_used=self.val_used,
                 input=self.model.config.input,
+                processes=self.world.size,
             )
         )
         chars_per_step = cfg.batch_size * cfg.seq_len

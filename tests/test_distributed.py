@@ -102,6 +102,7 @@ def test_two_processes_compute_what_one_does(two_processes, one_process):
     # Progress and the outcome once (rank 0), not once per process.
     assert done.stderr.count("done: 40 steps") == 1
     assert done.stderr.count("step 20 |") == 1
+    assert "on 2 CPU processes (DDP" in done.stderr
     ckpt = load_checkpoint(os.path.join(out, "last.pt"))
     assert [tuple(h.shape) for h in ckpt["hidden"]] == [(2, 4, 24), (2, 4, 24)]
     assert len(ckpt["rng"]["ranks"]) == 2  # each process's dropout RNG, for an exact resume
