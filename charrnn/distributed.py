@@ -97,7 +97,9 @@ class World:
         """The device of this process: under torchrun, CUDA means cuda:LOCAL_RANK."""
         if not self.launched or resolved.type != "cuda":
             return resolved
-        if ":" in typed and self.local_size > 1:
+        if ":" in typed and self.local_size == 1:
+            return resolved  # one process on this machine, on the GPU it names
+        if ":" in typed:
             raise UsageError(
                 f"--device {typed} names one GPU, but torchrun gives each of its "
                 f"{self.local_size} processes on this machine its own: use --device cuda"

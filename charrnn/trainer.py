@@ -349,6 +349,8 @@ class _Run:
         self.emit = on_event
         self.stop = stop
         self.device = world.device(resolve_device(config.device), config.device)
+        if world.launched and self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL's streams and DDP's buckets live there
         self.precision = resolve_precision(config.precision, self.device)
         configure_backends(self.device)
 

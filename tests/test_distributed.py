@@ -290,3 +290,34 @@ def test_batch_size_must_divide_among_processes():
 def test_the_launcher_passes_every_option_but_its_own():
     argv = ["train", "a.txt", "--nproc-per-node", "2", "--out", "x", "--nproc-per-node=3", "-q"]
     assert worker_args(argv) == ["train", "a.txt", "--out", "x", "-q"]
+
+
+def test_the_shortcut_under_torchrun_is_refused(corpus, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from charrnn.cli import app
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = str(tmp_path / "run")
+    result = CliRunner().invoke(app, ["train", corpus, "--out", out, "--nproc-per-node", "2"])
+    assert result.exit_code == 2
+    assert "torchrun has already started the processes" in result.output
+    assert not os.path.exists(out)
+
+
+def test_each_process_takes_its_own_gpu(monkeypatch):
+    """Under torchrun, CUDA means cuda:LOCAL_RANK; one GPU named for several processes,
+    or more processes than GPUs, is refused (the decisions alone: no GPU needed)."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cuda = torch.device("cuda")
+    world = World(rank=3, size=4, local_rank=1, local_size=2, launched=True)
+    assert world.device(cuda, "cuda") == torch.device("cuda", 1)
+    assert world.device(torch.device("cpu"), "cpu") == torch.device("cpu")
+    with pytest.raises(UsageError, match="--device cuda"):
+        world.device(torch.device("cuda", 1), "cuda:1")
+    alone = World(rank=1, size=2, local_rank=0, local_size=1, launched=True)
+    assert alone.device(torch.device("cuda", 1), "cuda:1") == torch.device("cuda", 1)
+    crowded = World(rank=2, size=3, local_rank=2, local_size=3, launched=True)
+    with pytest.raises(UsageError, match="only 2 GPU"):
+        crowded.device(cuda, "cuda")
