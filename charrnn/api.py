@@ -42,7 +42,7 @@ from .config import (
 )
 from .corpus import corpus_from_prepared
 from .device import resolve_device
-from .distributed import World, check_batch
+from .distributed import DistributedError, FollowerExit, World, check_batch
 from .errors import CorpusError, UsageError
 from .idcache import prepare as prepare_ids
 from .model import CharRNN
@@ -274,6 +274,10 @@ def train(
         result = train_loop(
             model_config, train_config, data, run_dir, emit, ckpt, stop, init, started, world
         )
+    except Exception as e:
+        if not isinstance(e, DistributedError | FollowerExit):
+            world.note_failure(e)  # so rank 0 can name this process and its reason
+        raise
     finally:
         run_dir.release()
         world.close()

@@ -184,7 +184,8 @@ def _default(cls: type, name: str) -> Any:
 def _fail(error: CharRNNError) -> NoReturn:
     # Under torchrun every process meets the same bad input: rank 0 alone says so.
     # Under charrnn's own launcher, the launcher names a process that died.
-    echo = not (isinstance(error, DistributedError) and os.environ.get(LAUNCHER_ENV))
+    unnamed = isinstance(error, DistributedError) and not error.named
+    echo = not (unnamed and os.environ.get(LAUNCHER_ENV))
     if is_reporter() and echo and not isinstance(error, FollowerExit):
         err.print(f"[bold red]error:[/] {escape(str(error))}", markup=True)
     raise typer.Exit(code=error.exit_code)

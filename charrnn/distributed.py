@@ -45,7 +45,12 @@ _STOP_NAMES = {v: k for k, v in _STOP_CODES.items()}
 
 
 class DistributedError(CharRNNError):
-    """The processes of a run lost each other (one died or was killed)."""
+    """The processes of a run lost each other (one died or was killed). `named`: the
+    message names the process that failed and why (it left word before it ended)."""
+
+    def __init__(self, message: str, named: bool = False):
+        super().__init__(message)
+        self.named = named
 
 
 class FollowerExit(CharRNNError):
@@ -225,6 +230,30 @@ class World:
         self._collective(dist.all_gather_object, out, obj)
         return out
 
+    def note_failure(self, error: BaseException) -> None:
+        """Leave word of why this process ends in torchrun's store (its agent keeps it
+        after this process is gone), so rank 0 can say which process failed and why."""
+        if not self.launched or not dist.is_initialized():
+            return
+        try:
+            store = dist.distributed_c10d._get_default_store()
+            store.set(_FAILED.format(self.rank), f"{type(error).__name__}: {error}"[:300])
+        except Exception:  # best effort: the store may be gone too
+            pass
+
+    def failure_notes(self) -> list[tuple[int, str]]:
+        """(rank, why) of the other processes that left word of a failure."""
+        try:
+            store = dist.distributed_c10d._get_default_store()
+            keys = [_FAILED.format(r) for r in range(self.size) if r != self.rank]
+            return [
+                (int(key.rsplit("/", 1)[1]), store.get(key).decode(errors="replace"))
+                for key in keys
+                if store.check([key])
+            ]
+        except Exception:
+            return []
+
     def _collective(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return call(*args, **kwargs)
@@ -232,11 +261,30 @@ class World:
             raise lost_contact(self, e) from None
 
 
+_FAILED = "charrnn/failed/{}"  # the store key of a process's failure note
 # Rank 0's decisions that are not signals: why the run stops now.
 _DECISIONS = ("max_steps", "epochs", "time_limit")
 
 
+def is_lost_peer(error: BaseException) -> bool:
+    """A failed collective (DDP's gradient all-reduce, say) because a process went away,
+    as opposed to an error of this process's own (out of memory, a bug)."""
+    names = ("DistBackendError", "DistNetworkError", "DistStoreError")
+    if type(error).__name__ in names:
+        return True
+    text = str(error)
+    return any(s in text for s in ("Connection closed", "Connection reset", "gloo", "NCCL"))
+
+
 def lost_contact(world: World, error: BaseException) -> DistributedError:
+    notes = world.failure_notes()
+    if notes:
+        rank, why = notes[0]
+        return DistributedError(
+            f"process rank {rank} failed ({why}); the others were stopped; the newest "
+            "last.pt is intact: fix the cause, then continue with --resume",
+            named=True,
+        )
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     detail = text.split("] ", 1)[-1][:100]  # gloo's message, without its source location
     return DistributedError(

@@ -28,7 +28,7 @@ from .checkpoint import (
 from .config import DEFAULT_EPOCHS, ModelConfig, SampleConfig, TrainConfig
 from .corpus import Corpus
 from .device import autocast, configure_backends, resolve_device, resolve_precision
-from .distributed import World
+from .distributed import World, is_lost_peer, lost_contact
 from .errors import CheckpointError, OutputError, TrainingError
 from .memory import EVAL_LOGITS_BYTES, check_memory
 from .model import CharRNN, Hidden, detach_hidden, hidden_from_list, hidden_to_list
@@ -674,7 +674,12 @@ class _Run:
             logits, hidden = self.net(x, self.hidden)  # (B, T, V)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # under DDP, this also averages the gradients of all processes
+        try:
+            loss.backward()  # under DDP, this also averages the gradients of all processes
+        except RuntimeError as e:
+            if self.world.launched and is_lost_peer(e):
+                raise lost_contact(self.world, e) from None
+            raise
         norm = clip_gradients(self.params, self.config.grad_clip)
         loss_value = self.world.mean(loss.detach()).item()  # the whole batch's loss
         ok = math.isfinite(loss_value) and math.isfinite(norm)

@@ -203,6 +203,41 @@ def test_a_killed_process_ends_the_run_at_once_with_one_message(corpus, tmp_path
     assert "(time limit)" in again.stderr
 
 
+# Loaded by every Python process started with it on PYTHONPATH: the worker of rank 1
+# raises at step 30, as a bug or an out-of-memory error on one GPU would.
+FAULT = """
+import os
+if os.environ.get("RANK") == "1":
+    from charrnn import trainer
+    step = trainer._Run.train_step
+    def failing(self, x, y):
+        if self.step == 30:
+            raise RuntimeError("injected fault at step 30")
+        return step(self, x, y)
+    trainer._Run.train_step = failing
+"""
+
+
+def test_an_exception_in_one_process_is_named_by_rank_0(corpus, tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAULT)
+    out = str(tmp_path / "run")
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "charrnn", "train", corpus, "--out", out, *MODEL, *RUN,
+         "--max-steps", "100000", "--nproc-per-node", "2"],
+        capture_output=True, text=True, timeout=120,
+        env={**ENV, "PYTHONPATH": os.pathsep.join([str(hook), *sys.path])},
+    )  # fmt: skip
+    assert time.monotonic() - began < 60
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert "process rank 1 failed (RuntimeError: injected fault at step 30)" in errors[0]
+    assert load_checkpoint(os.path.join(out, "last.pt"))["step"] == 20  # the newest save
+
+
 @pytest.mark.parametrize(
     ("args", "code", "says"),
     [
