@@ -69,6 +69,16 @@ def make_streams(
     return Streams(inputs[rows], targets[rows], seq_len)
 
 
+def shard_span(ids: torch.Tensor, batch_size: int, shard: int, num_shards: int) -> torch.Tensor:
+    """The contiguous part of `ids` that shard `shard` of `num_shards` reads (a view):
+    `make_streams(span, batch_size, seq_len)` gives exactly that shard's rows of
+    `make_streams(ids, batch_size, seq_len, shard, num_shards)`, so a process can copy
+    only its part of a large corpus to its GPU."""
+    stream_len = (len(ids) - 1) // (batch_size * num_shards)
+    start = shard * batch_size * stream_len
+    return ids[start : start + batch_size * stream_len + 1]
+
+
 def min_train_chars(batch_size: int, seq_len: int) -> int:
     """The shortest training text that yields one full window."""
     return batch_size * seq_len + 1

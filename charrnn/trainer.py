@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .batches import Streams, make_streams, min_train_chars
+from .batches import Streams, make_streams, min_train_chars, shard_span
 from .checkpoint import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -380,13 +380,10 @@ class _Run:
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr, **_fused(self.device))
 
         # --batch-size counts the streams of all processes: this one takes its rows.
-        self.streams: Streams = make_streams(
-            corpus.train.to(self.device),
-            config.batch_size // world.size,
-            config.seq_len,
-            shard=world.rank,
-            num_shards=world.size,
-        )
+        # Only this process's part of the text goes to its device.
+        rows = config.batch_size // world.size
+        mine = shard_span(corpus.train, rows, world.rank, world.size).to(self.device)
+        self.streams: Streams = make_streams(mine, rows, config.seq_len)
         # What rank 0 saves: every process's rows of the hidden state and RNG states.
         self.collected: tuple[list[torch.Tensor] | None, list[dict[str, Any]]] | None = None
         self.steps_per_epoch = self.streams.windows_per_epoch

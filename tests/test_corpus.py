@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charrnn.batches import make_streams
+from charrnn.batches import make_streams, shard_span
 from charrnn.corpus import Text, build_corpus, read_text
 from charrnn.errors import CorpusError
 from charrnn.vocab import Vocab, encode_array, encode_in
@@ -73,6 +73,11 @@ def test_shards_take_disjoint_rows_of_one_global_layout():
     whole = make_streams(ids, batch_size=8, seq_len=10)
     parts = [make_streams(ids, 4, 10, shard=s, num_shards=2) for s in range(2)]
     torch.testing.assert_close(torch.cat([p.inputs for p in parts]), whole.inputs)
+    # What each process copies to its device: its contiguous span, laid out alone.
+    for s, part in enumerate(parts):
+        alone = make_streams(shard_span(ids, 4, s, 2), 4, 10)
+        assert torch.equal(alone.inputs, part.inputs) and torch.equal(alone.targets, part.targets)
+    assert len(shard_span(ids, 4, 1, 2)) == 4 * (999 // 8) + 1  # not the whole text
 
 
 def test_a_head_c_cut_character_at_the_end_is_dropped_with_a_warning(tmp_path):
