@@ -846,6 +846,9 @@ class _Run:
             stop_reason = stopping
             self.collect()
             self.save(also_best=False)  # no evaluation: stop as fast as asked
+        if self.world.launched:  # every process returns what rank 0 measured
+            shared = (self.best_val, self.last_val, self.history)
+            self.best_val, self.last_val, self.history = self.world.broadcast(shared)
         return TrainResult(
             step=self.step,
             epoch=self.progress_epoch(),

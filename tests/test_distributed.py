@@ -285,15 +285,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# A user's own script calling the Python API; torchrun starts it like any other.
+API_SCRIPT = """
+import json, os, sys
+import charrnn
+corpus, out = sys.argv[1], sys.argv[2]
+result = charrnn.train(
+    corpus, out, hidden_size=24, num_layers=2, dropout=0.0, batch_size=4, seq_len=16,
+    lr=1e-2, eval_every=20, sample_length=0, device="cpu", precision="fp32",
+    val_chars=3000, max_steps=40,
+)
+print(json.dumps({"rank": int(os.environ["RANK"]), "best": result.best_val_loss,
+                  "history": len(result.history), "step": result.step}))
+"""
+
+
 def test_two_nodes_meet_at_a_rendezvous(corpus, one_process, tmp_path):
-    """Two torchrun invocations, as two machines of a cluster would start them."""
+    """Two torchrun invocations, as two machines of a cluster would start them, running a
+    script that calls charrnn.train(): the library works under torchrun as the CLI does."""
     out = str(tmp_path / "nodes")
+    script = tmp_path / "train.py"
+    script.write_text(API_SCRIPT)
     rdzv = [
         "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
         "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "charrnn-test",
     ]  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", *rdzv, "-m", "charrnn", "train"]
-    cmd += [corpus, "--out", out, *MODEL, *RUN, "--max-steps", "40"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *rdzv, str(script), corpus, out]
     nodes = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
         for _ in range(2)
@@ -301,7 +318,11 @@ def test_two_nodes_meet_at_a_rendezvous(corpus, one_process, tmp_path):
     results = [node.communicate(timeout=120) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], results
     assert close(val_losses(out), val_losses(one_process))
-    assert sum(err.count("done: 40 steps") for _, err in results) == 1
+    # Every process returns rank 0's result (each node printed its own process's).
+    printed = sorted((json.loads(o.strip().splitlines()[-1]) for o, _ in results), key=str)
+    assert {p["rank"] for p in printed} == {0, 1}
+    assert all(p["step"] == 40 and p["history"] == 2 for p in printed)
+    assert printed[0]["best"] == printed[1]["best"] == min(val_losses(out).values())
 
 
 # ------------------------------------------------------------------- no processes
