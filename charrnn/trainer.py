@@ -29,6 +29,7 @@ from .config import DEFAULT_EPOCHS, ModelConfig, SampleConfig, TrainConfig
 from .corpus import Corpus
 from .device import autocast, configure_backends, resolve_device, resolve_precision
 from .errors import CheckpointError, OutputError, TrainingError
+from .loss import cross_entropy
 from .memory import EVAL_LOGITS_BYTES, check_memory
 from .model import CharRNN, Hidden, detach_hidden, hidden_from_list, hidden_to_list
 from .rundir import RunDir
@@ -612,7 +613,7 @@ class _Run:
             group["lr"] = lr
         with autocast(self.device, self.precision):
             logits, hidden = self.model(x, self.hidden)  # (B, T, V)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = clip_gradients(self.params, self.config.grad_clip)
@@ -795,8 +796,10 @@ class _Run:
 
 
 def _fused(device: torch.device) -> dict[str, Any]:
-    # The fused Adam kernel does the update in one launch per step on CUDA.
-    return {"fused": True} if device.type == "cuda" else {}
+    # The fused Adam kernel does the update in one launch per step on CUDA, and on the CPU
+    # in one pass over each tensor instead of about ten (a V = 6,000 model has 2.3 M
+    # parameters in its embedding and output layer).
+    return {"fused": True} if device.type in ("cuda", "cpu") else {}
 
 
 def _to_cpu(obj: Any) -> Any:
