@@ -14,6 +14,7 @@ The baselines are written plainly below, the way a tutorial would write them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -201,22 +202,44 @@ def naive_embedding_sample(model, length, seed=0):
     return length / (time.perf_counter() - t0)
 
 
+@contextlib.contextmanager
+def previous_step():
+    """train() with the training step as it was before charrnn/loss.py: F.cross_entropy on a
+    float32 copy of the (N, V) logits, and Adam's per-tensor loop on the CPU (not fused)."""
+    import charrnn.trainer as trainer
+
+    saved = trainer.cross_entropy, trainer._fused
+    trainer.cross_entropy = lambda logits, targets: F.cross_entropy(logits.float(), targets)
+    trainer._fused = lambda device: {"fused": True} if device.type == "cuda" else {}
+    try:
+        yield
+    finally:
+        trainer.cross_entropy, trainer._fused = saved
+
+
 def large_vocabulary_rows(table, precision, tmp, quick):
     """Training chars/s at V = 65 (Tiny Shakespeare), 2,000 and 6,000 (synthetic Hangul),
     one-hot input against the learned embedding, the default model (LSTM 2 x 256, batch 24,
-    window 64, charrnn's default precision), all in one interleaved series; then sampling
-    at V = 6,000 against the naive loop."""
+    window 64, charrnn's default precision), and each default input with the previous
+    training step (previous_step()), all in one interleaved series; then sampling at
+    V = 6,000 against the naive loop."""
     sizes = (65, 2000) if quick else (65, 2000, 6000)
     # Small validation parts: train() ends each timed block with an (untimed) evaluation.
     shakespeare = build_corpus(read_text(CORPUS), 0.002, 1)
     corpora = {65: shakespeare} | {v: hangul_corpus(v) for v in sizes if v != 65}
-    steps, rounds = (5, 2) if quick else (20, 3)
+    steps, rounds = (5, 2) if quick else (20, 5)
     fns, names = [], []
     for v in sizes:
-        for input in ("onehot", "embedding"):
+        for input in ("onehot", "embedding", "previous"):
 
             def fn(v=v, input=input):
                 out = os.path.join(tmp, f"vocab{v}-{input}")
+                if input == "previous":  # the default input, trained the previous way
+                    with previous_step():
+                        default = ModelConfig(vocab_size=v).input
+                        return ours_train_block(
+                            corpora[v], "lstm", 256, 2, 24, 64, steps, precision, out, default
+                        )
                 return ours_train_block(
                     corpora[v], "lstm", 256, 2, 24, 64, steps, precision, out, input
                 )
@@ -229,15 +252,22 @@ def large_vocabulary_rows(table, precision, tmp, quick):
         default = ModelConfig(vocab_size=v).input
         what = f"train V={v:,}: one-hot vs embedding (default: {default})"
         row(table, what, runs[v, "onehot"], runs[v, "embedding"], "chars/s")
+    for v in sizes:
+        default = ModelConfig(vocab_size=v).input
+        what = f"train V={v:,} {default}: previous step vs blocked loss + fused Adam"
+        row(table, what, runs[v, "previous"], runs[v, default], "chars/s")
     # Against Tiny Shakespeare: each input against the same input, and the defaults.
     for v in sizes[1:]:
         default = ModelConfig(vocab_size=v).input
-        for mine, theirs in (("onehot", "onehot"), ("embedding", "embedding"), (default, "onehot")):
+        pairs = (("onehot", "onehot"), ("embedding", "embedding"), (default, "onehot"))
+        for mine, theirs in (*pairs, ("previous", "previous")):
             ratios = [a / b for a, b in zip(runs[v, mine], runs[65, theirs], strict=True)]
             speed = statistics.median(runs[v, mine])
             what = f"train V={v:,} {mine} vs Tiny Shakespeare {theirs}"
             if (mine, theirs) == (default, "onehot"):
                 what += " (the defaults)"
+            if mine == "previous":
+                what = f"train V={v:,} vs Tiny Shakespeare, defaults, both the previous step"
             base = f"{statistics.median(runs[65, theirs]):,.0f} chars/s"
             ratio = statistics.median(ratios)
             table.append((what, base, f"{speed:,.0f} chars/s", f"{ratio:.2f}x"))
