@@ -30,6 +30,7 @@ from .corpus import Corpus
 from .device import autocast, configure_backends, resolve_device, resolve_precision
 from .distributed import World, is_lost_peer, lost_contact
 from .errors import CheckpointError, OutputError, TrainingError
+from .loss import cross_entropy
 from .memory import EVAL_LOGITS_BYTES, check_memory
 from .model import CharRNN, Hidden, detach_hidden, hidden_from_list, hidden_to_list
 from .rundir import RunDir
@@ -669,7 +670,7 @@ class _Run:
             group["lr"] = lr
         with autocast(self.device, self.precision):
             logits, hidden = self.net(x, self.hidden)  # (B, T, V)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         try:
             loss.backward()  # under DDP, this also averages the gradients of all processes
@@ -886,8 +887,10 @@ def _rank_seed(seed: int, rank: int, step: int) -> int:
 
 
 def _fused(device: torch.device) -> dict[str, Any]:
-    # The fused Adam kernel does the update in one launch per step on CUDA.
-    return {"fused": True} if device.type == "cuda" else {}
+    # The fused Adam kernel does the update in one launch per step on CUDA, and on the CPU
+    # in one pass over each tensor instead of about ten (a V = 6,000 model has 2.3 M
+    # parameters in its embedding and output layer).
+    return {"fused": True} if device.type in ("cuda", "cpu") else {}
 
 
 def _to_cpu(obj: Any) -> Any:
