@@ -437,7 +437,8 @@ def main() -> None:
     print("one process vs two (bench/scale_out.py):", flush=True)
     import scale_out
 
-    table += scale_out.rows(tmp, steps=100 if quick else 300, rounds=1 if quick else 3)
+    steps, rounds = (100, 1) if quick else (300, 3)
+    table += scale_out.rows(tmp, steps=steps, rounds=rounds, precision="fp32")
 
     # -- training memory does not grow with steps (resident set, read in the callback)
     rss = {}

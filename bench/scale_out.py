@@ -28,10 +28,13 @@ CORPUS = os.path.join(ROOT, "corpora", "tinyshakespeare.txt")
 OPTIONS = ["--dropout", "0", "--sample-length", "0", "--device", "cpu", "--quiet"]
 
 
-def one_run(out: str, steps: int, nproc: int) -> tuple[float, float, dict[int, float]]:
+def one_run(
+    out: str, steps: int, nproc: int, precision: str = "auto"
+) -> tuple[float, float, dict[int, float]]:
     """(wall seconds, training chars/s, {step: val loss})."""
     cmd = [sys.executable, "-m", "charrnn", "train", CORPUS, "--out", out, "--force"]
     cmd += [*OPTIONS, "--max-steps", str(steps), "--eval-every", str(steps // 2)]
+    cmd += ["--precision", precision]
     if nproc > 1:
         cmd += ["--nproc-per-node", str(nproc)]
     began = time.perf_counter()
@@ -45,11 +48,14 @@ def one_run(out: str, steps: int, nproc: int) -> tuple[float, float, dict[int, f
     return wall, chars / records[-1]["elapsed"], {r["step"]: r["val_loss"] for r in records}
 
 
-def rows(tmp: str, steps: int = 300, rounds: int = 3) -> list[tuple[str, str, str, str]]:
+def rows(
+    tmp: str, steps: int = 300, rounds: int = 3, precision: str = "auto"
+) -> list[tuple[str, str, str, str]]:
     runs: dict[int, list[tuple[float, float, dict[int, float]]]] = {1: [], 2: []}
     for _ in range(rounds):  # interleaved: 1, 2, 1, 2, ...
         for nproc in (1, 2):
-            runs[nproc].append(one_run(os.path.join(tmp, f"p{nproc}"), steps, nproc))
+            out = os.path.join(tmp, f"p{nproc}")
+            runs[nproc].append(one_run(out, steps, nproc, precision))
     one_rate = statistics.median(r[1] for r in runs[1])
     two_rate = statistics.median(r[1] for r in runs[2])
     one_wall = statistics.median(r[0] for r in runs[1])
@@ -58,7 +64,7 @@ def rows(tmp: str, steps: int = 300, rounds: int = 3) -> list[tuple[str, str, st
     last = max(runs[1][0][2])
     return [
         (
-            f"train {steps} steps, 1 process vs 2 (gloo), chars/s",
+            f"train {steps} steps ({precision}), 1 process vs 2 (gloo), chars/s",
             f"{one_rate:,.0f}",
             f"{two_rate:,.0f}",
             f"{two_rate / one_rate:.2f}x",
@@ -82,9 +88,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--precision", default="auto", help="auto (bf16 here), fp32, bf16")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-dist-") as tmp:
-        table = rows(tmp, args.steps, args.rounds)
+        table = rows(tmp, args.steps, args.rounds, args.precision)
     print("\n| what | 1 process | 2 processes | ratio |\n|---|---|---|---|")
     for r in table:
         print("| " + " | ".join(r) + " |")
