@@ -76,33 +76,42 @@ def close(a: dict[int, float], b: dict[int, float], tol: float = 1e-3) -> bool:
 
 
 @pytest.fixture(scope="module")
-def one_process(corpus, tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("one"))
-    done = charrnn("train", corpus, "--out", out, *MODEL, *RUN, "--max-steps", "40", "--force")
-    assert done.returncode == 0, done.stderr
-    return out
+def baseline(corpus, tmp_path_factory) -> dict:
+    """The same 40 steps in 1 process and under torchrun in 2, run side by side."""
+    one, two = str(tmp_path_factory.mktemp("one")), str(tmp_path_factory.mktemp("two"))
+    alone = _popen("train", corpus, "--out", one, *MODEL, *RUN, "--max-steps", "40", "--force")
+    ddp = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         "2", "-m", "charrnn", "train", corpus, "--out", two, *MODEL, *RUN, "--max-steps",
+         "40"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    _, alone_err = alone.communicate(timeout=120)
+    _, ddp_err = ddp.communicate(timeout=120)
+    assert alone.returncode == 0, alone_err
+    assert ddp.returncode == 0, ddp_err
+    return {"one": one, "two": two, "two_stderr": ddp_err}
 
 
 @pytest.fixture(scope="module")
-def two_processes(corpus, tmp_path_factory) -> tuple[str, subprocess.CompletedProcess]:
-    out = str(tmp_path_factory.mktemp("two"))
-    done = torchrun(
-        "--standalone", "--nproc-per-node", "2", "-m", "charrnn", "train", corpus,
-        "--out", out, *MODEL, *RUN, "--max-steps", "40",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return out, done
+def one_process(baseline) -> str:
+    return baseline["one"]
+
+
+@pytest.fixture(scope="module")
+def two_processes(baseline) -> tuple[str, str]:
+    return baseline["two"], baseline["two_stderr"]
 
 
 def test_two_processes_compute_what_one_does(two_processes, one_process):
-    out, done = two_processes
+    out, stderr = two_processes
     # --batch-size 4 is the total: 2 rows each, the same 4 streams, the same losses.
     assert close(val_losses(out), val_losses(one_process))
     assert len(val_losses(out)) == 2
     # Progress and the outcome once (rank 0), not once per process.
-    assert done.stderr.count("done: 40 steps") == 1
-    assert done.stderr.count("step 20 |") == 1
-    assert "on 2 CPU processes (DDP" in done.stderr
+    assert stderr.count("done: 40 steps") == 1
+    assert stderr.count("step 20 |") == 1
+    assert "on 2 CPU processes (DDP" in stderr
     ckpt = load_checkpoint(os.path.join(out, "last.pt"))
     assert [tuple(h.shape) for h in ckpt["hidden"]] == [(2, 4, 24), (2, 4, 24)]
     assert len(ckpt["rng"]["ranks"]) == 2  # each process's dropout RNG, for an exact resume
@@ -116,24 +125,31 @@ def test_a_run_resumes_across_process_counts(corpus, one_process, two_processes,
     two, one = str(tmp_path / "two"), str(tmp_path / "one")
     shutil.copytree(two_processes[0], two)
     shutil.copytree(one_process, one)
-    a = charrnn("train", corpus, "--out", two, "--resume", "--max-steps", "60")
-    b = charrnn(
-        "train", corpus, "--out", one, "--resume", "--max-steps", "60", "--nproc-per-node", "2"
-    )
-    assert a.returncode == 0, a.stderr
-    assert b.returncode == 0, b.stderr
+    # Side by side: each launch spends much of its time starting and stopping processes.
+    runs = [
+        _popen("train", corpus, "--out", two, "--resume", "--max-steps", "60"),
+        _popen("train", corpus, "--out", one, "--resume", "--max-steps", "60",
+               "--nproc-per-node", "2"),
+    ]  # fmt: skip
+    for run in runs:
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
     assert close(val_losses(two), val_losses(one))
     assert max(val_losses(two)) == 60
 
 
-def _start(corpus: str, out: str, *extra: str, model: list[str] = MODEL) -> subprocess.Popen:
+def _popen(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "charrnn", "train", corpus, "--out", out, *model, *RUN, *extra],
+        [sys.executable, "-m", "charrnn", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=ENV,
     )
+
+
+def _start(corpus: str, out: str, *extra: str, model: list[str] = MODEL) -> subprocess.Popen:
+    return _popen("train", corpus, "--out", out, *model, *RUN, *extra)
 
 
 def _wait_for_step(out: str, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -154,12 +170,8 @@ def test_sigterm_stops_every_process_at_one_step_and_resumes_exactly(corpus, tmp
     # A validation (and save) every 10 steps: the signal comes after the first, with 50
     # steps to spare before the limit.
     limit = ["--max-steps", "60", "--eval-every", "10"]
-    whole = str(tmp_path / "whole")
-    done = charrnn(
-        "train", corpus, "--out", whole, *model, *RUN, *limit, "--nproc-per-node", "2",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-
+    whole = str(tmp_path / "whole")  # the uninterrupted run, side by side with the other
+    uninterrupted = _start(corpus, whole, *limit, "--nproc-per-node", "2", model=model)
     cut = str(tmp_path / "cut")
     proc = _start(corpus, cut, *limit, "--nproc-per-node", "2", model=model)
     _wait_for_step(cut, proc)
@@ -173,6 +185,8 @@ def test_sigterm_stops_every_process_at_one_step_and_resumes_exactly(corpus, tmp
 
     again = charrnn("train", corpus, "--out", cut, "--resume", "--nproc-per-node", "2")
     assert again.returncode == 0, again.stderr
+    _, err = uninterrupted.communicate(timeout=120)
+    assert uninterrupted.returncode == 0, err
     a = load_checkpoint(os.path.join(whole, "last.pt"))["model_state"]
     b = load_checkpoint(os.path.join(cut, "last.pt"))["model_state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
