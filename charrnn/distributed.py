@@ -19,6 +19,7 @@ one-process path runs exactly the code it always ran.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,6 +133,7 @@ class World:
 
     def close(self) -> None:
         if self.launched and dist.is_initialized():
+            gc.collect()  # DDP's reducer (in a reference cycle) holds the group too
             dist.destroy_process_group()
 
     comm_device = torch.device("cpu")

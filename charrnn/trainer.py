@@ -941,4 +941,9 @@ def train(
         started,
         world,
     )
-    return run.run()
+    try:
+        return run.run()
+    finally:
+        # DDP holds the process group and gloo's worker threads: let them go now, while the
+        # interpreter is whole (destroyed at exit instead, they can abort the process).
+        run.net = run.model
