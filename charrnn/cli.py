@@ -406,6 +406,7 @@ def _opt(cls: type, name: str, help: str, *flags: str, choices: tuple[str, ...] 
         "charrnn train corpora/tinyshakespeare.txt --time-limit 5m",
         "charrnn train poems.txt --model gru --hidden-size 512 --out poems/",
         "charrnn train corpora/tinyshakespeare.txt --resume --time-limit 10m",
+        "charrnn train big.txt --nproc-per-node 4 --batch-size 256   # 4 GPUs (or CPU processes)",
     ),
 )
 def train_cmd(
