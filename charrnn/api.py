@@ -218,7 +218,6 @@ def train(
             model_kw = _model_options_from(source_model.config, init_from, model_kw)
         if not resume:
             train_config = TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_OPTIONS})
-            ModelConfig(**model_kw, vocab_size=2)
         sources = world.together(lambda: resolve_sources(paths, encoding))
 
         def open_run() -> dict[str, Any] | None:

@@ -37,6 +37,8 @@ T = TypeVar("T")
 # process that dies is noticed much sooner (its connections close, or torchrun's agent,
 # which watches every process, stops the rest).
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
+# charrnn's own messages (stop, plan, loss, gathered state) go by gloo, as CPU tensors.
+_COMM = torch.device("cpu")
 # Set by `charrnn train --nproc-per-node`, so a worker knows who reports its failures.
 LAUNCHER_ENV = "CHARRNN_LAUNCHER_NPROC"
 
@@ -136,8 +138,6 @@ class World:
             gc.collect()  # DDP's reducer (in a reference cycle) holds the group too
             dist.destroy_process_group()
 
-    comm_device = torch.device("cpu")
-
     # -- agreeing
 
     def together(self, fn: Callable[[], T]) -> T:
@@ -198,7 +198,7 @@ class World:
                 (plan + 1) if main and plan is not None else 0,
             ],
             dtype=torch.int64,
-            device=self.comm_device,
+            device=_COMM,
         )
         self._collective(dist.all_reduce, values, op=dist.ReduceOp.MAX)
         signal, decided, planned = values.tolist()
@@ -212,7 +212,7 @@ class World:
         """The mean of a scalar over the processes (the whole batch's loss)."""
         if not self.launched or self.size == 1:
             return value
-        total = value.detach().to(self.comm_device, torch.float64).reshape(1)
+        total = value.detach().to(_COMM, torch.float64).reshape(1)
         self._collective(dist.all_reduce, total)
         return (total / self.size).reshape(())
 
@@ -220,7 +220,7 @@ class World:
         """Every process's (L, b, H) rows joined in rank order: (L, b * size, H)."""
         if not self.launched or self.size == 1:
             return tensor
-        local = tensor.detach().to(self.comm_device).contiguous()
+        local = tensor.detach().to(_COMM).contiguous()
         parts = [torch.empty_like(local) for _ in range(self.size)]
         self._collective(dist.all_gather, parts, local)
         return torch.cat(parts, dim=1)

@@ -467,11 +467,9 @@ class _Run:
         state of all streams and every process's RNG state, gathered to rank 0."""
         if not self.world.launched:
             return
-        parts = None if self.hidden is None else self.hidden
-        if parts is not None:
-            parts = parts if isinstance(parts, tuple) else (parts,)
-            parts = [self.world.gather_rows(h).cpu() for h in parts]
-        self.collected = (parts, self.world.gather(_to_cpu(self._rng())))
+        parts = hidden_to_list(self.hidden)  # None at an epoch's start: the same everywhere
+        gathered = None if parts is None else [self.world.gather_rows(h) for h in parts]
+        self.collected = (gathered, self.world.gather(_to_cpu(self._rng())))
 
     def state(self) -> dict[str, Any]:
         rng = self._rng()

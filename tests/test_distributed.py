@@ -46,24 +46,32 @@ def corpus(tmp_path_factory) -> str:
     return str(path)
 
 
-def charrnn(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "charrnn", *args],
-        capture_output=True,
+def _python(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """`python ARGS` started with the tests' environment, its output captured."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        env=ENV,
+        env=env or ENV,
     )
 
 
-def torchrun(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=ENV,
-    )
+def _popen(*args: str) -> subprocess.Popen:
+    return _python("-m", "charrnn", *args)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 120) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def charrnn(*args: str) -> subprocess.CompletedProcess:
+    return _finish(_popen(*args))
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    return _finish(_python("-m", "torch.distributed.run", *args))
 
 
 def val_losses(out) -> dict[int, float]:
@@ -80,11 +88,9 @@ def baseline(corpus, tmp_path_factory) -> dict:
     """The same 40 steps in 1 process and under torchrun in 2, run side by side."""
     one, two = str(tmp_path_factory.mktemp("one")), str(tmp_path_factory.mktemp("two"))
     alone = _popen("train", corpus, "--out", one, *MODEL, *RUN, "--max-steps", "40", "--force")
-    ddp = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-         "2", "-m", "charrnn", "train", corpus, "--out", two, *MODEL, *RUN, "--max-steps",
-         "40"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    ddp = _python(
+        "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "charrnn", "train", corpus, "--out", two, *MODEL, *RUN, "--max-steps", "40",
     )  # fmt: skip
     _, alone_err = alone.communicate(timeout=120)
     _, ddp_err = ddp.communicate(timeout=120)
@@ -136,16 +142,6 @@ def test_a_run_resumes_across_process_counts(corpus, one_process, two_processes,
         assert run.returncode == 0, err
     assert close(val_losses(two), val_losses(one))
     assert max(val_losses(two)) == 60
-
-
-def _popen(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "charrnn", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
 
 
 def _start(corpus: str, out: str, *extra: str, model: list[str] = MODEL) -> subprocess.Popen:
@@ -238,11 +234,10 @@ def test_an_exception_in_one_process_is_named_by_rank_0(corpus, tmp_path):
     (hook / "sitecustomize.py").write_text(FAULT)
     out = str(tmp_path / "run")
     began = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "charrnn", "train", corpus, "--out", out, *MODEL, *RUN,
-         "--max-steps", "100000", "--nproc-per-node", "2"],
-        capture_output=True, text=True, timeout=120,
-        env={**ENV, "PYTHONPATH": os.pathsep.join([str(hook), *sys.path])},
+    hooked = {**ENV, "PYTHONPATH": os.pathsep.join([str(hook), *sys.path])}
+    done = _finish(
+        _python("-m", "charrnn", "train", corpus, "--out", out, *MODEL, *RUN,
+                "--max-steps", "100000", "--nproc-per-node", "2", env=hooked)
     )  # fmt: skip
     assert time.monotonic() - began < 60
     assert done.returncode == 1
@@ -311,11 +306,8 @@ def test_two_nodes_meet_at_a_rendezvous(corpus, one_process, tmp_path):
         "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
         "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "charrnn-test",
     ]  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", *rdzv, str(script), corpus, out]
-    nodes = [
-        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-        for _ in range(2)
-    ]
+    cmd = ["-m", "torch.distributed.run", *rdzv, str(script), corpus, out]
+    nodes = [_python(*cmd) for _ in range(2)]
     results = [node.communicate(timeout=120) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], results
     assert close(val_losses(out), val_losses(one_process))
