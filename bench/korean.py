@@ -5,6 +5,7 @@
     python bench/korean.py --seconds 60 --seeds 1 2 --inputs onehot embedding
     python bench/korean.py --nfd                  # the same text as jamo: 170 distinct
     OMP_NUM_THREADS=1 python bench/korean.py --cpu-seconds 90   # equal compute (below)
+    OMP_NUM_THREADS=1 python bench/korean.py --cpu-seconds 120 --text corpora/tinyshakespeare.txt
 
 The text: the Korean texts bundled in the konlpy package (0.6.0, on PyPI): the
 Constitution of the Republic of Korea (konlpy/data/corpus/kolaw) and ten National
@@ -20,9 +21,10 @@ s1, onehot s2, ...) so a busy machine slows both sides alike. The figure is the 
 validation loss.
 
 With --nfd each syllable is decomposed into its jamo (Unicode NFD: 한 -> ㅎ ㅏ ㄴ as
-conjoining jamo): the same text as 119,257 characters of 170 kinds, below `--input
-auto`'s 256, so both input kinds can be compared at a second vocabulary size. Its losses
-are per jamo, not comparable with the syllable runs'.
+conjoining jamo): the same text as 119,257 characters of 170 kinds, a second vocabulary
+size. Its losses are per jamo, not comparable with the syllable runs'. With --text FILE
+any UTF-8 text is compared instead (README: Tiny Shakespeare at 65 characters, Python's
+docs at 100).
 
 On a shared machine a wall-clock limit buys a different number of steps from minute to
 minute (one run of the same options got 236 steps in 90 s, the next 1,037), so
@@ -98,6 +100,7 @@ def step_cpu_seconds(text: str, inputs: list[str], tmp: str, rounds: int = 3) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wheel", help="a konlpy wheel already downloaded")
+    parser.add_argument("--text", help="compare on this UTF-8 file instead of the Korean text")
     parser.add_argument("--seconds", type=int, default=90)
     parser.add_argument("--steps", type=int, help="equal steps instead of equal time")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -109,7 +112,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="charrnn-korean-")
-    text = korean_text(args.wheel, tmp)
+    if args.text:
+        with open(args.text, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        text = korean_text(args.wheel, tmp)
     if args.nfd:
         text = unicodedata.normalize("NFD", text)
     path = os.path.join(tmp, "korean.txt")

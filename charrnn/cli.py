@@ -30,7 +30,6 @@ from rich.text import Text
 from . import __version__, api
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import (
-    AUTO_ONEHOT_MAX_VOCAB,
     DEFAULT_EPOCHS,
     MODELS,
     PRECISIONS,
@@ -424,8 +423,8 @@ def train_cmd(
     input: str = _opt(
         ModelConfig,
         "input",
-        "onehot (x_t one-hot, the notes' model), embedding (learned E: W_xh = W_ih E) or auto "
-        f"(one-hot up to {AUTO_ONEHOT_MAX_VOCAB} distinct characters, embedding above).",
+        "onehot (x_t one-hot: W_xh itself, the notes' model), embedding (a learned E: "
+        "W_xh = W_ih E, factored) or auto (the embedding: measured better at every size).",
     ),
     embedding_size: int = _opt(
         ModelConfig, "embedding_size", "Width D of E for --input embedding."

@@ -1,6 +1,6 @@
-"""The char-RNN: one-hot characters -> stacked LSTM / tanh RNN / GRU -> logits.
+"""The char-RNN: characters -> stacked LSTM / tanh RNN / GRU -> logits.
 
-The input is deliberately one-hot, the model of the lecture notes (min-char-rnn, CS231n):
+With ``input="onehot"`` the model is exactly the lecture notes' (min-char-rnn, CS231n):
 x_t is a V-vector with a single 1, so W_xh @ x_t just picks one column of W_xh. An
 embedding layer would compute the same thing by lookup; keeping the one-hot form means
 the first layer's weight_ih *is* the W_xh of the equations, under torch's own names:
@@ -14,7 +14,8 @@ the first layer's weight_ih *is* the W_xh of the equations, under torch's own na
 and the output layer gives logits y_t = W_hy h_t + b_y; softmax(y_t) is the distribution
 of the next character.
 
-With ``input="embedding"`` (ModelConfig.input; "auto" picks it for large vocabularies) x_t
+With ``input="embedding"`` (ModelConfig.input; the default "auto" picks it: it trained
+better at every vocabulary size measured) x_t
 first goes through a learned embedding E (D x V, stored transposed as ``embed.weight``,
 (V, D)), so W_xh = W_ih E: the same equations with W_xh factored into two matrices of rank
 at most D. E x_t is again a column lookup (row x_t of ``embed.weight``), and the first

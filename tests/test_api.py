@@ -248,17 +248,18 @@ def test_transplant_keeps_every_known_character_bit_for_bit(run):
     fresh = CharRNN(type(config)(**{**config.to_dict(), "vocab_size": len(new)})).state_dict()
     got = transplant(ckpt["model_state"], old, new, fresh)
     state = ckpt["model_state"]
-    for c in old.chars:
-        i, j = old.index[c], new.index[c]
-        assert torch.equal(got["rnn.weight_ih_l0"][:, j], state["rnn.weight_ih_l0"][:, i])
-        assert torch.equal(got["head.weight"][j], state["head.weight"][i])
-        assert torch.equal(got["head.bias"][j], state["head.bias"][i])
-    for c in "{}0123456789é":
-        j = new.index[c]
-        assert torch.equal(got["rnn.weight_ih_l0"][:, j], fresh["rnn.weight_ih_l0"][:, j])
-        assert torch.equal(got["head.weight"][j], fresh["head.weight"][j])
+    # Per character: W_xh's column (one-hot input) or E's row (embedding), W_hy's row, b_y.
+    sliced = {"head.weight": 0, "head.bias": 0}
+    sliced.update({"embed.weight": 0} if "embed.weight" in state else {"rnn.weight_ih_l0": 1})
+    for name, axis in sliced.items():
+        for c in old.chars:
+            i, j = old.index[c], new.index[c]
+            assert torch.equal(got[name].select(axis, j), state[name].select(axis, i))
+        for c in "{}0123456789é":
+            j = new.index[c]
+            assert torch.equal(got[name].select(axis, j), fresh[name].select(axis, j))
     for name in state:
-        if name not in ("rnn.weight_ih_l0", "head.weight", "head.bias"):
+        if name not in sliced:
             assert torch.equal(got[name], state[name])
     # The same model, so the same predictions for text made of the old characters.
     before = charrnn.load(str(run / "best.pt"))

@@ -118,15 +118,25 @@ def test_text_features_by_hand():
     assert f["in_word"].tolist() == [1, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 1]
 
 
+def _inputs(model: CharRNN, ids: torch.Tensor) -> torch.Tensor:
+    """What the first layer reads for ids (T,): one-hot x_t, or E x_t. (1, T, V or D)"""
+    if model.embed is not None:
+        return model.embed(ids)[None]
+    return torch.nn.functional.one_hot(ids, model.config.vocab_size).float()[None]
+
+
+@pytest.mark.parametrize("input", ["onehot", "embedding"])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
-def test_recorded_states_are_the_models_own(kind):
+def test_recorded_states_are_the_models_own(kind, input):
     torch.manual_seed(0)
-    config = ModelConfig(model=kind, vocab_size=7, hidden_size=8, num_layers=2, dropout=0.0)
+    config = ModelConfig(
+        model=kind, vocab_size=7, hidden_size=8, num_layers=2, dropout=0.0, input=input
+    )
     model = CharRNN(config).eval()
     ids = torch.randint(0, 7, (neurons.CHUNK + 300,))  # crosses a chunk boundary
     rec = neurons.record(model, ids, "x" * len(ids))
     with torch.no_grad():
-        out, _ = model.rnn(torch.nn.functional.one_hot(ids, 7).float()[None])  # (1, T, H)
+        out, _ = model.rnn(_inputs(model, ids))  # (1, T, H)
     top = rec.states[(1, "h")].astype(np.float32)
     assert np.abs(top - out[0].numpy()).max() < 2e-3  # float16 storage
     if kind == "lstm":
@@ -218,9 +228,9 @@ def test_neurons_bad_input_is_one_error_line(quote_model, tmp_path):
 def _reference_norms(model: CharRNN, window: torch.Tensor, target: int, k: int):
     """(||dL/dh_{t-k}||, ||dL/dc_{t-k}|| or None) through torch's own nn module: run it to
     t-k, then on from a state that requires grad, to the loss at t."""
-    one_hot = torch.nn.functional.one_hot(window, model.config.vocab_size).float()[None]
     with torch.no_grad():
-        _, state = model.rnn(one_hot[:, : len(window) - k])
+        x = _inputs(model, window)  # (1, W, V or D)
+        _, state = model.rnn(x[:, : len(window) - k])
     lstm = isinstance(state, tuple)
     h0 = (state[0] if lstm else state).clone().requires_grad_(True)
     c0 = state[1].clone().requires_grad_(True) if lstm else None
@@ -228,7 +238,7 @@ def _reference_norms(model: CharRNN, window: torch.Tensor, target: int, k: int):
     if k == 0:
         top = h0[-1]  # (1, H)
     else:
-        out, _ = model.rnn(one_hot[:, len(window) - k :], start)
+        out, _ = model.rnn(x[:, len(window) - k :], start)
         top = out[:, -1]
     loss = torch.nn.functional.cross_entropy(model.head(top), torch.tensor([target]))
     grads = torch.autograd.grad(loss, [h0, c0] if lstm else [h0], allow_unused=True)
@@ -236,10 +246,12 @@ def _reference_norms(model: CharRNN, window: torch.Tensor, target: int, k: int):
     return norms[0], (norms[1] if lstm else None)
 
 
+@pytest.mark.parametrize("input", ["onehot", "embedding"])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
-def test_gradient_norms_match_torchs_own_backward(kind):
+def test_gradient_norms_match_torchs_own_backward(kind, input):
     torch.manual_seed(1)
-    model = CharRNN(ModelConfig(model=kind, vocab_size=6, hidden_size=10, num_layers=2)).eval()
+    config = ModelConfig(model=kind, vocab_size=6, hidden_size=10, num_layers=2, input=input)
+    model = CharRNN(config).eval()
     windows = torch.randint(0, 6, (3, 30))
     targets = torch.randint(0, 6, (3,))
     norms = gradients.gradient_norms(model, windows, targets, max_distance=12)
@@ -257,7 +269,8 @@ def test_gradient_norms_match_torchs_own_backward(kind):
 def test_a_contracting_rnn_forgets_within_a_few_steps():
     # With small recurrent weights every step's Jacobian shrinks the gradient: it vanishes.
     torch.manual_seed(0)
-    model = CharRNN(ModelConfig(model="rnn", vocab_size=5, hidden_size=16, num_layers=1))
+    config = ModelConfig(model="rnn", vocab_size=5, hidden_size=16, num_layers=1, input="onehot")
+    model = CharRNN(config)
     with torch.no_grad():
         model.rnn.weight_hh_l0.mul_(0.2)
     ids = torch.randint(0, 5, (400,))

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import charrnn.trainer
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.cli import app
-from charrnn.config import AUTO_ONEHOT_MAX_VOCAB, ModelConfig, SampleConfig, TrainConfig
+from charrnn.config import ModelConfig, SampleConfig, TrainConfig
 from charrnn.errors import ResourceError
 from charrnn.memory import check_memory, estimate
 from charrnn.model import CharRNN
@@ -52,13 +52,15 @@ def random_unicode(num_distinct: int, length: int, seed: int = 0) -> str:
 # ------------------------------------------------------------------- input kinds
 
 
-def test_auto_input_is_one_hot_for_small_vocabularies_and_an_embedding_above():
-    assert ModelConfig(vocab_size=65).input == "onehot"
-    assert ModelConfig(vocab_size=AUTO_ONEHOT_MAX_VOCAB).input == "onehot"
-    assert ModelConfig(vocab_size=AUTO_ONEHOT_MAX_VOCAB + 1).input == "embedding"
-    assert ModelConfig(vocab_size=6000, input="onehot").input == "onehot"  # asked: kept
-    # The checkpoint stores the decision, so a later default cannot change a saved model.
-    assert ModelConfig(vocab_size=6000).to_dict()["input"] == "embedding"
+def test_auto_input_is_the_embedding_and_the_checkpoint_stores_the_decision():
+    for v in (2, 65, 170, 6000):
+        assert ModelConfig(vocab_size=v).input == "embedding"
+        assert ModelConfig(vocab_size=v, input="onehot").input == "onehot"  # asked: kept
+    # The checkpoint stores the decision, so a later default cannot change a saved model:
+    # a one-hot checkpoint stays one-hot whatever `auto` now means.
+    assert ModelConfig(vocab_size=65).to_dict()["input"] == "embedding"
+    saved = ModelConfig(vocab_size=65, input="onehot").to_dict()
+    assert ModelConfig.from_dict(saved).input == "onehot"
 
 
 def test_a_config_without_an_input_key_is_one_hot_whatever_its_vocabulary():

@@ -183,7 +183,8 @@ def test_every_parameter_gets_a_gradient(kind, input):
 
 
 def test_weights_use_torch_names_for_the_checkpoint():
-    model = CharRNN(ModelConfig(model="lstm", vocab_size=V, hidden_size=H, num_layers=2))
+    config = ModelConfig(model="lstm", vocab_size=V, hidden_size=H, num_layers=2, input="onehot")
+    model = CharRNN(config)
     names = set(model.state_dict())
     assert {"rnn.weight_ih_l0", "rnn.weight_hh_l1", "rnn.bias_hh_l1", "head.weight"} <= names
     assert model.rnn.weight_ih_l0.shape == (4 * H, V)  # gates i, f, g, o stacked

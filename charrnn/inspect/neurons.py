@@ -57,11 +57,14 @@ def max_chars(model: CharRNN, memory_mb: float) -> int:
 
 
 def _layer_weights(model: CharRNN, k: int) -> tuple[np.ndarray, ...]:
-    """Layer k's (W_ih^T, W_hh^T, b_ih, b_hh) as float32 numpy, torch's gate order."""
+    """Layer k's (W_ih^T, W_hh^T, b_ih, b_hh) as float32 numpy, torch's gate order; for
+    layer 0, W_xh^T (V, G*H): with an embedding that is (W_ih E)^T, so x_t still picks a
+    row."""
     rnn = model.rnn
+    w_ih = model.input_weight() if k == 0 else getattr(rnn, f"weight_ih_l{k}")
     w_ih, w_hh, b_ih, b_hh = (
-        getattr(rnn, f"{name}_l{k}").detach().float().cpu().numpy()
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        t.detach().float().cpu().numpy()
+        for t in (w_ih, *(getattr(rnn, f"{n}_l{k}") for n in ("weight_hh", "bias_ih", "bias_hh")))
     )
     return np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), b_ih, b_hh
 
@@ -124,7 +127,7 @@ def record(
         chunk = ids_np[start : start + CHUNK]
         below = None
         for k, (w_ih_t, w_hh_t, b_ih, b_hh) in enumerate(weights):
-            # One-hot x_t times W_ih is a row of W_ih^T: layer 0 looks its inputs up.
+            # One-hot x_t times W_xh is a row of W_xh^T: layer 0 looks its inputs up.
             pre_x = (w_ih_t[chunk] if k == 0 else below @ w_ih_t) + b_ih  # (T, G*H)
             values = _run_layer(kind, pre_x, w_hh_t, b_hh, h[k], c[k])
             for s in names:
