@@ -107,7 +107,8 @@ def describe_input(config: ModelConfig) -> str:
 
 def resolve_input(vocab_size: int) -> str:
     """What --input auto means for a corpus of `vocab_size` distinct characters: the
-    embedding, whatever the size (kept a function of it: the decision is per corpus)."""
+    embedding, whatever the size, as measured so far (a function of the size so that a
+    later measurement can draw a line again)."""
     return "embedding"
 
 

@@ -62,10 +62,8 @@ def _layer_weights(model: CharRNN, k: int) -> tuple[np.ndarray, ...]:
     row."""
     rnn = model.rnn
     w_ih = model.input_weight() if k == 0 else getattr(rnn, f"weight_ih_l{k}")
-    w_ih, w_hh, b_ih, b_hh = (
-        t.detach().float().cpu().numpy()
-        for t in (w_ih, *(getattr(rnn, f"{n}_l{k}") for n in ("weight_hh", "bias_ih", "bias_hh")))
-    )
+    w_hh, b_ih, b_hh = (getattr(rnn, f"{n}_l{k}") for n in ("weight_hh", "bias_ih", "bias_hh"))
+    w_ih, w_hh, b_ih, b_hh = (t.detach().float().cpu().numpy() for t in (w_ih, w_hh, b_ih, b_hh))
     return np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), b_ih, b_hh
 
 
