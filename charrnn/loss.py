@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 # Rows per block: as many as fit this many bytes of float32 logits, so that a block's
-# softmax, gradient and cast all run in cache (L2 is 1 MB per core on the development CPU).
+# softmax, gradient and cast all run in cache (L2 is 2 MB per core on the development CPU).
 CHUNK_BYTES = 2**19
 
 
