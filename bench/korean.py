@@ -5,7 +5,7 @@
     python bench/korean.py --seconds 60 --seeds 1 2 --inputs onehot embedding
     python bench/korean.py --nfd                  # the same text as jamo: 170 distinct
     OMP_NUM_THREADS=1 python bench/korean.py --cpu-seconds 90   # equal compute (below)
-    OMP_NUM_THREADS=1 python bench/korean.py --cpu-seconds 120 --text corpora/tinyshakespeare.txt
+    OMP_NUM_THREADS=1 python bench/korean.py --cpu-seconds 90 --text corpora/tinyshakespeare.txt
 
 The text: the Korean texts bundled in the konlpy package (0.6.0, on PyPI): the
 Constitution of the Republic of Korea (konlpy/data/corpus/kolaw) and ten National

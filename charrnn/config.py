@@ -21,6 +21,7 @@ MODELS = ("lstm", "rnn", "gru")
 # at equal compute it reached a lower validation loss than one-hot on every text tried
 # (65, 100, 170 and 560 distinct characters), and its step is the cheaper one.
 INPUTS = ("auto", "onehot", "embedding")
+AUTO_INPUT = "embedding"  # what "auto" resolves to, for every corpus
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -81,7 +82,7 @@ class ModelConfig:
         _positive("--embedding-size", self.embedding_size)
         if self.input == "auto" and self.vocab_size >= 2:
             # Decided once, when the corpus is known; the checkpoint stores the outcome.
-            object.__setattr__(self, "input", resolve_input(self.vocab_size))
+            object.__setattr__(self, "input", AUTO_INPUT)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,13 +104,6 @@ def describe_input(config: ModelConfig) -> str:
             f"weight_ih_l0 is W_ih ({rows} x {d}), embed.weight is E^T"
         )
     return f"one-hot x_t: W_xh x_t is column x_t of W_xh = weight_ih_l0 ({rows} x {v:,})"
-
-
-def resolve_input(vocab_size: int) -> str:
-    """What --input auto means for a corpus of `vocab_size` distinct characters: the
-    embedding, whatever the size, as measured so far (a function of the size so that a
-    later measurement can draw a line again)."""
-    return "embedding"
 
 
 @dataclass(frozen=True)

@@ -68,13 +68,16 @@ class CharRNN(nn.Module):
         self, idx: torch.Tensor, hidden: Hidden | None = None
     ) -> tuple[torch.Tensor, Hidden]:
         """idx (B, T) int64 -> logits (B, T, V) and the hidden state after the last step."""
-        if self.embed is not None:
-            x = self.embed(idx)  # (B, T, D): E x_t, the column of E that x_t picks
-        else:
-            x = F.one_hot(idx, self.config.vocab_size).to(self.head.weight.dtype)  # (B, T, V)
-        out, hidden = self.rnn(x, hidden)  # (B, T, H)
+        out, hidden = self.rnn(self.inputs(idx), hidden)  # (B, T, H)
         logits = self.head(self.drop(out))  # (B, T, V)
         return logits, hidden
+
+    def inputs(self, idx: torch.Tensor) -> torch.Tensor:
+        """What the first layer reads for ids idx (...): x_t one-hot (..., V), or E x_t
+        (..., D), the column of E that x_t picks."""
+        if self.embed is not None:
+            return self.embed(idx)
+        return F.one_hot(idx, self.config.vocab_size).to(self.head.weight.dtype)
 
     def init_hidden(self, batch_size: int, device: torch.device | str = "cpu") -> Hidden:
         cfg = self.config

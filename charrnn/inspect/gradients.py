@@ -71,10 +71,7 @@ def gradient_norms(
     kept_c: list[list[torch.Tensor]] = []
     weights = [_weights(model, k) for k in range(cfg.num_layers)]
     for s in range(width):
-        if model.embed is not None:
-            x = model.embed(windows[:, s])  # (B, D): E x_t, so layer 0's W_ih makes W_ih E
-        else:
-            x = F.one_hot(windows[:, s], cfg.vocab_size).float()  # (B, V)
+        x = model.inputs(windows[:, s])  # (B, V) one-hot or (B, D) E x_t: W_ih sees either
         for k in range(cfg.num_layers):
             out, c[k] = _step(cfg.model, x, h[k], c[k], *weights[k])
             x = out  # the layer above reads it within this same step
