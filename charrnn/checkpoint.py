@@ -33,6 +33,7 @@ reads it on any machine, and a hostile pickle is refused instead of run.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import math
 import os
@@ -127,7 +128,7 @@ def load_checkpoint(path: str) -> dict[str, Any]:
                 f"checkpoint {path!r} is a symbolic link that leads nowhere (its target is "
                 "missing, or the links form a loop): fix the link or pass the .pt file"
             )
-        raise CheckpointError(f"checkpoint {path!r} not found: train one with `charrnn train`")
+        raise CheckpointError(_not_found(path))
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path!r} is a directory: pass the .pt file")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
@@ -176,6 +177,21 @@ def load_checkpoint(path: str) -> dict[str, Any]:
 # A checkpoint is data from a file: every value the commands use is checked for its type
 # and range here, so a damaged one is named as such (exit 1) instead of crashing later, or
 # being reported as if the user had typed a bad option.
+
+
+def _not_found(path: str) -> str:
+    """Name the checkpoint a person most likely meant: the run's last.pt when it has no
+    best.pt yet (a run stopped before its first validation), or runs one folder down
+    (`make demo` writes checkpoints/demo/)."""
+    folder, name = os.path.split(path)
+    message = f"checkpoint {path!r} not found"
+    sibling = os.path.join(folder, "last.pt")
+    if name == "best.pt" and os.path.isfile(sibling):
+        return f"{message}; the run there has no validated model yet: use -c {sibling}"
+    found = sorted(glob.glob(os.path.join(glob.escape(folder or "."), "*", name)))
+    if found:
+        return f"{message}; found {', '.join(found[:3])}: pass one with -c"
+    return f"{message}: train one with `charrnn train`"
 
 
 def _damaged(path: str, what: str) -> CheckpointError:

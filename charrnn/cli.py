@@ -15,12 +15,14 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 import typer
 from rich.console import Console, Group
+from rich.file_proxy import FileProxy
 from rich.live import Live
 from rich.markup import escape
 from rich.panel import Panel
@@ -72,7 +74,7 @@ class BestEffortStderr:
         self.failure: str | None = None
 
     def _call(self, method: str, *args: Any) -> Any:
-        stream = sys.stderr
+        stream = _underlying(sys.stderr)
         if self.failure is not None or stream is None:
             return None
         try:
@@ -93,11 +95,20 @@ class BestEffortStderr:
         return bool(self._call("isatty"))
 
     def fileno(self) -> int:
-        return sys.stderr.fileno()
+        return _underlying(sys.stderr).fileno()
 
     @property
     def encoding(self) -> str:
-        return getattr(sys.stderr, "encoding", None) or "utf-8"
+        return getattr(_underlying(sys.stderr), "encoding", None) or "utf-8"
+
+
+def _underlying(stream: Any) -> Any:
+    """The stream beneath rich's redirection. While a `Live` display runs, sys.stderr may be
+    its FileProxy, which prints through our console: writing there would feed the console
+    its own output, forever (a hang that grows without bound)."""
+    while isinstance(stream, FileProxy):
+        stream = stream.rich_proxied_file
+    return stream
 
 
 def _detach_stream(stream: Any) -> None:
@@ -293,7 +304,12 @@ class Reporter:
             )
             self.task = self.progress.add_task("train", total=None, stats="")
             self.panel = Panel(Text("(after the first evaluation)"), title="sample", expand=True)
-            self.display = Live(Group(self.progress, self.panel), console=err, refresh_per_second=4)
+            self.display = Live(
+                Group(self.progress, self.panel),
+                console=err,
+                refresh_per_second=4,
+                redirect_stdout=False,  # stdout is the data channel, never the display
+            )
             self.display.start()
 
     def evaluated(self, e: Evaluated) -> None:
@@ -362,27 +378,59 @@ def _val_used(e: RunStarted) -> str:
     return f" ({e.val_used:,} of them predicted per validation: --val-chars)"
 
 
-def _install_stop_handlers(stop: StopRequest) -> Callable[[], None]:
-    """First SIGINT/SIGTERM: finish the step, save, exit. A second SIGINT: stop at once."""
+# Seconds a run may take, after the first SIGINT/SIGTERM, to finish its step and save before
+# the process ends itself anyway: a stuck step, save or display can never keep a run alive.
+STOP_GRACE_SECONDS = 20.0
+
+
+def _install_stop_handlers(stop: StopRequest, out: str) -> Callable[[], None]:
+    """First SIGINT/SIGTERM: finish the step, save, exit. A second one: stop at once.
+
+    A watchdog thread backs the first: if the run has not ended within STOP_GRACE_SECONDS,
+    it says so and ends the process (checkpoints are written to a temporary file and
+    renamed, so the newest complete save is intact). Under torchrun the launcher keeps
+    that watch over all the processes instead."""
     previous = {}
+    ended = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        if not stop.armed:  # still reading or checking: nothing to save, stop at once
+        if not stop.armed or stop:  # nothing to save yet, or asked twice: stop at once
             _signal_seen[:] = [name]
             raise KeyboardInterrupt
-        if stop and signum == signal.SIGINT:
-            raise KeyboardInterrupt
         stop.set(name)
+        if not World.from_env().launched:
+            threading.Thread(target=_watchdog, args=(name, out, ended), daemon=True).start()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, handler)
 
     def restore() -> None:
+        ended.set()
         for sig, old in previous.items():
             signal.signal(sig, old)
 
     return restore
+
+
+def _watchdog(name: str, out: str, ended: threading.Event) -> None:
+    if ended.wait(1.0):
+        return
+    # Runs beside the main thread, which may hold the console: a plain write to fd 2.
+    _raw_stderr(f"{name}: stopping after this step and saving (press Ctrl-C again to stop now)")
+    if ended.wait(STOP_GRACE_SECONDS - 1.0):
+        return
+    last = RunDir(out).last
+    saved = f"{last} holds the newest save" if os.path.exists(last) else "nothing was saved"
+    _raw_stderr(
+        f"error: the run did not stop within {STOP_GRACE_SECONDS:g}s of {name}; ended it; {saved}"
+    )
+    os._exit(130 if name == "SIGINT" else 143)
+
+
+def _raw_stderr(line: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, ("\n" + line + "\n").encode("utf-8", "replace"))
 
 
 def _opt(cls: type, name: str, help: str, *flags: str, choices: tuple[str, ...] = ()) -> Any:
@@ -566,7 +614,7 @@ def _train(
     stop = StopRequest()
     speaks = is_reporter()  # under torchrun, rank 0 alone shows progress and the outcome
     reporter = Reporter(quiet or not speaks)
-    restore = _install_stop_handlers(stop)
+    restore = _install_stop_handlers(stop, out)
     try:
         result = api.train(
             corpus_paths,
@@ -611,8 +659,17 @@ def _train(
         err.print(
             f"done: {result.step} steps, {result.epoch:.2f} epochs in "
             f"{_fmt_time(result.elapsed)} ({result.stop_reason.replace('_', ' ')}); best "
-            f"validation loss {best_text}; checkpoints in {out}/"
+            f"validation loss {best_text}; checkpoints in {out}/{_unvalidated(result, out)}"
         )
+
+
+def _unvalidated(result: Any, out: str) -> str:
+    """When the newest model was saved without a validation, say so: `sample` reads best.pt."""
+    validated = [r["step"] for r in result.history]
+    if validated and validated[-1] == result.step:
+        return ""
+    last = RunDir(out).last
+    return f" (the newest model, step {result.step}, is {last}: sample it with -c {last})"
 
 
 # ------------------------------------------------------------------------ sample

@@ -52,6 +52,10 @@ MIN_VAL_STREAM = 16384
 # most this share of the limit: its segments are shortened at the first validation if
 # needed, so that a busy or slow machine still spends its time on training steps.
 VAL_TIME_SHARE = 0.05
+# A time-limited run stops training this many times the last validation's duration (its
+# save included) before the limit, so the final validation and save fit even when the
+# machine has slowed down since: a run that ends without one leaves best.pt behind last.pt.
+FINAL_MARGIN = 1.5
 
 
 # ---------------------------------------------------------------------------- events
@@ -248,7 +252,8 @@ def _score_streams(
         # A chunk that would end past the deadline is not begun (it is as long as the last).
         if stop or (deadline is not None and t0 + chunk_took > deadline):
             return None
-        if budget_s is not None and cols and time.perf_counter() - began > budget_s:
+        # Within the budget, a chunk is begun only if it can end in it (as long as the last).
+        if budget_s is not None and cols and t0 + chunk_took - began > budget_s:
             break
         x = x_all[:, start : start + chunk_len].long()
         y = y_all[:, start : start + chunk_len].long()
@@ -270,17 +275,21 @@ def val_streams(num_chars: int) -> int:
     return max(1, min(64, num_chars // MIN_VAL_STREAM))
 
 
-def val_segments(ids: torch.Tensor, max_chars: int) -> torch.Tensor | None:
+def val_segments(ids: torch.Tensor, max_chars: int, whole: bool = False) -> torch.Tensor | None:
     """At most `max_chars` held-out characters to predict, as evenly spaced segments.
 
-    None when the held-out text is within the bound (it is then used whole). Otherwise
+    None when the held-out text is within the bound (it is then used whole), unless
+    `whole`: then segments that cover all of it (a validation that can be cut short to fit
+    a time limit, since a segment's columns can be dropped from the end). Otherwise
     (S, L + 1) rows: S = val_streams(max_chars) segments of L + 1 characters spread evenly
     from the start of `ids` to its end, each scored from a zero state carried along it,
     so a bounded evaluation sees every part of the held-out text, not only its beginning.
     Copies at most max_chars + S ids (the mapped corpus is not read beyond them).
     """
     if len(ids) - 1 <= max_chars:
-        return None
+        if not whole:
+            return None
+        max_chars = len(ids) - 1
     num = val_streams(max_chars)
     seg = max_chars // num
     last = len(ids) - seg - 1  # the latest start that leaves a whole segment
@@ -345,6 +354,10 @@ class _Run:
         self.deadline: float | None = None  # perf_counter() time --time-limit ends
         self.val_fitted = False  # the validation size was fitted to --time-limit
         self.step_took = 0.0  # seconds the last training step took
+        self.step_pace = 0.0  # the recent steps' seconds (a moving average)
+        self.eval_pace = 0.0  # step_pace when the last validation was timed
+        self.save_took = 0.0  # seconds the last save took
+        self.sample_took = 0.0  # seconds the last evaluation sample took
         self.corpus = corpus
         self.run_dir = run_dir
         self.emit = on_event
@@ -389,7 +402,8 @@ class _Run:
         self.collected: tuple[list[torch.Tensor] | None, list[dict[str, Any]]] | None = None
         self.steps_per_epoch = self.streams.windows_per_epoch
         # Validation costs bounded time on any corpus: at most val_chars predictions.
-        self.val_rows = val_segments(corpus.val, config.val_chars)
+        # With --time-limit, always as segments: the first validation is fitted to the time.
+        self.val_rows = val_segments(corpus.val, config.val_chars, config.time_limit is not None)
         self.val_used = (
             len(corpus.val) - 1
             if self.val_rows is None
@@ -510,6 +524,7 @@ class _Run:
                 f"the weights became non-finite by step {self.step}; nothing was saved over "
                 f"{self.run_dir.last}: lower --lr (now {self.config.lr:g}) or --grad-clip"
             )
+        began = time.perf_counter()
         state = self.state()
         targets = [self.run_dir.best, self.run_dir.last] if also_best else [self.run_dir.last]
         # Every file is written in full before any is renamed into place, and the previous
@@ -530,60 +545,42 @@ class _Run:
         finally:
             for tmp, _ in written:
                 discard_temporary(tmp)
+            self.save_took = time.perf_counter() - began
 
     # -- pieces of the loop
 
     def progress_epoch(self) -> float:
         return self.epoch + self.window / self.steps_per_epoch
 
-    def validate(self, elapsed: float) -> float | None:
+    def validate(self, elapsed: float, final: bool = False) -> float | None:
         # A validation that would run past --time-limit is abandoned, so the limit holds
         # however slow the machine is (last.pt is saved without it). Its first chunk is not
         # begun when, at the speed of the last training step, it could not end in time.
-        deadline = self.deadline
-        if deadline is not None and time.perf_counter() + self._first_chunk_estimate() > deadline:
-            self.emit(Notice(f"step {self.step}: out of time; validation skipped"))
-            self.save(also_best=False)
+        if self.deadline is not None and (
+            time.perf_counter() + self._first_chunk_estimate() > self.deadline
+        ):
+            return self._skip_validation()
+        scored = self._score(final)
+        if scored is None and not self.stop:  # out of time: save without a validation
+            return self._skip_validation()
+        if scored is None:  # interrupted mid-way: the caller saves and stops
             return None
-        if self.val_rows is not None:
-            budget = None
-            if self.config.time_limit is not None and not self.val_fitted:
-                budget = VAL_TIME_SHARE * self.config.time_limit
-            scored = evaluate_segments(
-                self.model, self.val_rows, self.device, self.stop, deadline, budget
-            )
-            val = None if scored is None else scored[0]
-            if scored is not None:
-                self.val_fitted = True
-                self._fit_validation(scored[1])
-        else:
-            val = evaluate(
-                self.model,
-                self.corpus.val,
-                self.device,
-                num_streams=val_streams(len(self.corpus.val)),
-                stop=self.stop,
-                deadline=deadline,
-            )
-        if val is None and not self.stop:  # out of time: save without a validation
-            self.emit(Notice(f"step {self.step}: out of time; validation skipped"))
-            self.save(also_best=False)
-            return None
-        if val is None:  # interrupted mid-way: the caller saves and stops
-            return None
+        val, used = scored
         is_best = self.best_val is None or val < self.best_val
         if is_best:
             self.best_val = val
         self.last_val = val
         train_loss = self.loss_sum / self.loss_count if self.loss_count else None
         self.loss_sum, self.loss_count = 0.0, 0
+        t0 = time.perf_counter()
         sample = self.draw_sample()
+        self.sample_took = time.perf_counter() - t0
         record = {
             "step": self.step,
             "epoch": round(self.progress_epoch(), 4),
             "val_loss": val,
             "val_bpc": val / LN2,
-            "val_chars": self.val_used,
+            "val_chars": used,
             "lr": learning_rate(max(0, self.step - 1), self.config, self.plan),
             "elapsed": round(elapsed, 3),
             "time": time.time(),
@@ -608,6 +605,72 @@ class _Run:
             )
         )
         return val
+
+    def _score(self, final: bool) -> tuple[float, int] | None:
+        """(validation loss, held-out characters predicted), or None if stopped or out of
+        time. The final validation of a time-limited run scores what the time left allows
+        (the first columns of every segment) rather than nothing."""
+        if self.val_rows is None:
+            val = evaluate(
+                self.model,
+                self.corpus.val,
+                self.device,
+                num_streams=val_streams(len(self.corpus.val)),
+                stop=self.stop,
+                deadline=self.deadline,
+            )
+            return None if val is None else (val, self.val_used)
+        deadline, budget = self.deadline, None
+        if self.config.time_limit is not None and not self.val_fitted:
+            budget = VAL_TIME_SHARE * self.config.time_limit
+        if final and deadline is not None:
+            after = self.save_took + self.sample_took  # what follows the scoring
+            left = max(0.0, deadline - time.perf_counter() - after)
+            deadline, budget = None, left if budget is None else min(budget, left)
+        scored = evaluate_segments(
+            self.model, self.val_rows, self.device, self.stop, deadline, budget
+        )
+        if scored is None:
+            return None
+        val, cols = scored
+        used = self.val_rows.shape[0] * cols
+        if final and used < self.val_used:
+            self.emit(
+                Notice(
+                    f"step {self.step}: the final validation predicted {used:,} of the "
+                    f"{self.val_used:,} held-out characters, all that the time left allowed"
+                )
+            )
+        elif not self.val_fitted:
+            self._fit_validation(cols)
+        self.val_fitted = True
+        return val, used
+
+    def _skip_validation(self) -> None:
+        """Out of time: save last.pt unvalidated, and say which file holds the newest model
+        (`charrnn sample` takes best.pt unless told otherwise)."""
+        best = [r["step"] for r in self.history if r.get("val_loss") == self.best_val]
+        older = f"best.pt is from step {best[-1]}" if best else "there is no best.pt yet"
+        self.emit(
+            Notice(
+                f"step {self.step}: out of time, validation skipped; the newest model is "
+                f"{self.run_dir.last} (not validated); {older}"
+            )
+        )
+        self.save(also_best=False)
+
+    def final_reserve(self, eval_time: float) -> float:
+        """Seconds to keep for the final validation and save. Before any validation was
+        timed, an estimate: as many seconds per character as a training step, for the
+        characters a validation predicts (at most VAL_TIME_SHARE of the limit)."""
+        if eval_time <= 0.0:
+            per_char = self.step_pace / (self.config.batch_size * self.config.seq_len)
+            eval_time = min(per_char * self.val_used, VAL_TIME_SHARE * self.config.time_limit)
+            eval_time += self.save_took + self.sample_took
+        elif self.eval_pace > 0.0:  # the machine slowed down since: so will the validation
+            eval_time *= max(1.0, self.step_pace / self.eval_pace)
+        # At least the first chunk, which validate() begins only if it can end in time.
+        return FINAL_MARGIN * max(eval_time, self._first_chunk_estimate())
 
     def draw_sample(self) -> str | None:
         """A short sample from the same seed at every evaluation, as min-char-rnn prints
@@ -636,7 +699,8 @@ class _Run:
             chars = self.val_rows.shape[0] * min(256, self.val_rows.shape[1] - 1)
         else:
             chars = val_streams(len(self.corpus.val)) * 1024
-        return self.step_took * chars / (self.config.batch_size * self.config.seq_len)
+        pace = self.step_pace or self.step_took
+        return pace * chars / (self.config.batch_size * self.config.seq_len)
 
     def _fit_validation(self, cols: int) -> None:
         """Keep the columns the first time-limited validation had time for, so every later
@@ -656,7 +720,7 @@ class _Run:
 
     def plan_from_time(self, elapsed: float, step_time: float, eval_time: float) -> None:
         """Fix the schedule's length so the decay ends when the time limit does."""
-        remaining = self.config.time_limit - elapsed - eval_time  # keep time for a final eval
+        remaining = self.config.time_limit - elapsed - self.final_reserve(eval_time)
         per_step = step_time + eval_time / self.config.eval_every
         steps = max(1, int(0.97 * remaining / per_step))
         self.plan = self.step + steps if self.limit is None else min(self.limit, self.step + steps)
@@ -749,7 +813,7 @@ class _Run:
                 (self.plan is not None and self.step >= self.plan)
                 # Stop before a step that would end past the limit (a slow machine's steps
                 # can take seconds).
-                or elapsed + eval_time + self.step_took >= cfg.time_limit
+                or elapsed + self.final_reserve(eval_time) + self.step_took >= cfg.time_limit
             ):
                 decision = "time_limit"
             # Under torchrun every process stops at the same step, by rank 0's clock; a
@@ -768,6 +832,9 @@ class _Run:
             x, y = self.streams.window(self.window)
             loss, norm, lr, ok = self.train_step(x, y)
             self.step_took = time.perf_counter() - now
+            if self.step > start_step:  # the first step's one-off costs would mislead
+                pace = self.step_pace or self.step_took
+                self.step_pace = 0.8 * pace + 0.2 * self.step_took
             self.step += 1
             self.window += 1
             if ok:
@@ -803,11 +870,16 @@ class _Run:
                 step_time = (now - mark_time) / max(1, self.step - mark_step)
                 t0 = time.perf_counter()
                 self.collect()
-                if self.world.is_main and self.validate(now - start) is None:
+                # The last validation before the limit, if the time left allows no other.
+                last = cfg.time_limit is not None and (
+                    now - start + self.final_reserve(eval_time) + self.step_took >= cfg.time_limit
+                )
+                if self.world.is_main and self.validate(now - start, final=last) is None:
                     evaluated_at = self.step  # saved without it (out of time) or stopping
                     continue
                 evaluated_at = self.step
                 eval_time = time.perf_counter() - t0
+                self.eval_pace = self.step_pace
                 if cfg.time_limit is not None and (calibrating or self.clock_plan):
                     # Re-planned at every evaluation, so the decay still ends with the time
                     # limit when the machine gets slower or faster part-way.
@@ -839,7 +911,7 @@ class _Run:
         if not stopping and evaluated_at != self.step:
             self.collect()
             if self.world.is_main:
-                self.validate(elapsed)  # if interrupted part-way, saved just below
+                self.validate(elapsed, final=True)  # if interrupted part-way, saved below
             stopping, _ = self._agree(None)
         if stopping:
             stop_reason = stopping
