@@ -4,6 +4,9 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 CORPUS ?= corpora/tinyshakespeare.txt
+DEMO_OUT   ?= checkpoints/demo
+DEMO_LIMIT ?= 2m
+DEMO_ARGS  ?=
 
 .PHONY: install demo test lint format bench bench-quick bench-novelty clean
 
@@ -16,8 +19,10 @@ $(STAMP): pyproject.toml scripts/install-torch.sh
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/charrnn train $(CORPUS) --out checkpoints/demo --time-limit 2m --force
-	$(VENV)/bin/charrnn sample --checkpoint checkpoints/demo/best.pt --length 600 --seed "ROMEO:"
+	$(VENV)/bin/charrnn train $(CORPUS) --out $(DEMO_OUT) --time-limit $(DEMO_LIMIT) --force $(DEMO_ARGS)
+	$(VENV)/bin/charrnn sample --checkpoint $(DEMO_OUT)/best.pt --length 600 --seed "ROMEO:"
+	@echo >&2 'next: source $(VENV)/bin/activate   # puts charrnn on your PATH'
+	@echo >&2 '      charrnn sample -c $(DEMO_OUT)/best.pt --seed "JULIET:" --length 300'
 
 test: $(STAMP)
 	$(PY) -m ruff check .

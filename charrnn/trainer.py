@@ -556,8 +556,12 @@ class _Run:
         # A validation that would run past --time-limit is abandoned, so the limit holds
         # however slow the machine is (last.pt is saved without it). Its first chunk is not
         # begun when, at the speed of the last training step, it could not end in time.
-        if self.deadline is not None and (
-            time.perf_counter() + self._first_chunk_estimate() > self.deadline
+        # Except the final one of a run that has no best.pt at all: `charrnn sample` needs
+        # one, so it scores at least a first chunk, past the limit if need be.
+        if (
+            self.deadline is not None
+            and not (final and self.best_val is None and self.step > 0)
+            and time.perf_counter() + self._first_chunk_estimate() > self.deadline
         ):
             return self._skip_validation()
         scored = self._score(final)
