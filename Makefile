@@ -8,7 +8,7 @@ DEMO_OUT   ?= checkpoints/demo
 DEMO_LIMIT ?= 2m
 DEMO_ARGS  ?=
 
-.PHONY: install demo test lint format bench bench-quick bench-novelty clean
+.PHONY: install demo test smoke lint format bench bench-quick bench-novelty clean
 
 install: $(STAMP)
 
@@ -28,6 +28,14 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q -n 2  # two workers: the suite is CPU-bound, one thread per test
+
+# A quick look (well under a minute): the model and the training loop against the notes,
+# sampling, the CLI, and one real training run in a pseudo-terminal.
+smoke: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -n 2 tests/test_model.py tests/test_loss.py tests/test_sample.py \
+		tests/test_train.py tests/test_cli.py \
+		tests/test_terminal.py::test_train_in_a_terminal_shows_the_live_display_and_finishes
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
