@@ -22,6 +22,7 @@ from conftest import run_cli, shakespeare_head, tiny_run
 from typer.testing import CliRunner
 
 import charrnn
+from charrnn.api import Prepared
 from charrnn.cli import app
 from charrnn.errors import UsageError
 from charrnn.trainer import StepDone, StopRequest
@@ -241,6 +242,27 @@ def test_sigterm_in_a_script_saves_last_pt_then_ends_it_by_sigterm(corpus, tmp_p
     step = torch.load(out / "last.pt", weights_only=True)["step"]
     assert step >= 1
     assert charrnn.train(corpus, out, resume=True, max_steps=step + 1).step == step + 1
+
+
+@pytest.mark.parametrize("when", ["preparing", "twice"])
+def test_ctrl_c_before_training_or_twice_stops_at_once_with_a_plain_keyboard_interrupt(
+    corpus, tmp_path, when
+):
+    """Signalled from inside the run (the handler runs in this, the main thread): while
+    the corpus is prepared there is nothing to save; a second Ctrl-C does not wait."""
+
+    def on_event(event):
+        if when == "preparing" and isinstance(event, Prepared):
+            signal.raise_signal(signal.SIGINT)
+        if when == "twice" and isinstance(event, StepDone) and event.step == 1:
+            signal.raise_signal(signal.SIGINT)  # the first asks for a clean stop
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        charrnn.train(corpus, tmp_path / "run", max_steps=50, on_event=on_event, **SMALL)
+    assert type(caught.value) is KeyboardInterrupt  # not TrainingInterrupted: nothing saved
+    assert not (tmp_path / "run" / "last.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_signal_handlers_are_charrnns_only_during_the_call_and_never_a_scripts(corpus, tmp_path):
