@@ -204,11 +204,14 @@ def signalled(corpus: Path, out: Path, signum: int) -> subprocess.CompletedProce
         stderr=subprocess.PIPE,
         text=True,
     )
+    watchdog = threading.Timer(120, proc.kill)  # readline() has no timeout of its own
+    watchdog.start()
     try:
         assert proc.stdout.readline() == "training\n", proc.stderr.read()
         os.kill(proc.pid, signum)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
+        watchdog.cancel()
         proc.kill()
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
