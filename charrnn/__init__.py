@@ -5,17 +5,22 @@
     print(model.sample(seed="ROMEO:", length=200, random_seed=1))
 
 `load`, `train` and `Model` come from charrnn.api, imported on first use so that
-`import charrnn` stays cheap.
+`import charrnn` stays cheap. `charrnn.train` is `api.python_train`: `api.train` is what
+`charrnn train` runs, with the CLI's arguments and its wording.
 """
+
+from .errors import TrainingInterrupted
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "__version__", "load", "train"]
+__all__ = ["Model", "TrainingInterrupted", "__version__", "load", "train"]
+
+_FROM_API = {"Model": "Model", "load": "load", "train": "python_train"}
 
 
 def __getattr__(name: str):
-    if name in ("Model", "load", "train"):
+    if name in _FROM_API:
         from . import api
 
-        return getattr(api, name)
+        return getattr(api, _FROM_API[name])
     raise AttributeError(f"module 'charrnn' has no attribute {name!r}")

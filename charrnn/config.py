@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import operator
 import re
 from dataclasses import dataclass
 
@@ -40,6 +42,54 @@ def _bad(flag: str, message: str) -> UsageError:
     return UsageError(message, _field(flag))
 
 
+_KINDS = {"int": int, "float": float, "str": str}
+
+
+def _plain_fields(config: object) -> None:
+    """Each field as the plain Python type its annotation names, before any value check.
+
+    Callers sweep options with numpy (np.int64(3), np.float32(4e-3), np.linspace's floats):
+    those become int and float here, so the checkpoint holds only plain data (its loader
+    refuses anything else) and json can write the metrics. A bool is refused where a number
+    belongs (True would train a 1-unit model), and text where a number belongs is named
+    here rather than failing a comparison inside a check below.
+    """
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        plain = plain_value(type(config), f.name, value)
+        if plain is not value:
+            object.__setattr__(config, f.name, plain)
+
+
+def plain_value(cls: type, name: str, value: object) -> object:
+    """`value` as field `name` of the config class `cls` holds it (see _plain_fields)."""
+    annotation = next(f.type for f in dataclasses.fields(cls) if f.name == name)
+    if value is None and annotation.endswith(" | None"):  # a string: see __future__
+        return None
+    return _plain("--" + name.replace("_", "-"), value, _KINDS[annotation.split(" | ")[0]])
+
+
+def _plain(flag: str, value: object, kind: type) -> object:
+    """`value` as a plain int, float or str (see _plain_fields); UsageError if it is not one."""
+    wanted = {int: "an integer", float: "a number", str: "a str"}[kind]
+    if type(value).__name__ in ("bool", "bool_"):  # Python's bool and numpy's
+        raise _bad(flag, f"{flag} must be {wanted}, not True or False (got {value!r})")
+    if kind is str and isinstance(value, str):
+        return value if type(value) is str else str(value)  # numpy's str_ too
+    if kind is int and hasattr(type(value), "__index__"):  # numpy's integers
+        try:
+            return value if type(value) is int else operator.index(value)
+        except TypeError:  # a float tensor has __index__ but refuses it
+            pass
+    if kind is not str and isinstance(value, numbers.Real):
+        if kind is float:
+            return value if type(value) in (int, float) else float(value)
+        if math.isfinite(value) and float(value).is_integer():  # np.linspace gives 200.0
+            return int(value)
+        raise _bad(flag, f"{flag} must be a whole number (got {value!r})")
+    raise _bad(flag, f"{flag} must be {wanted} (got {value!r} of type {type(value).__name__})")
+
+
 # Seeds: torch.manual_seed takes any integer in [-2**63, 2**64); numpy's generators only
 # non-negative ones. Each command documents and checks the range it can honour.
 TRAIN_SEED_RANGE = (-(2**63), 2**64 - 1)
@@ -65,6 +115,7 @@ class ModelConfig:
     embedding_size: int = 128  # D, the width of E when input is "embedding"
 
     def __post_init__(self) -> None:
+        _plain_fields(self)
         if self.model not in MODELS:
             raise _bad(
                 "--model", f"unknown --model {self.model!r}: choose one of {', '.join(MODELS)}"
@@ -133,6 +184,7 @@ class TrainConfig:
     sample_length: int = 200
 
     def __post_init__(self) -> None:
+        _plain_fields(self)
         _positive("--batch-size", self.batch_size)
         _positive("--seq-len", self.seq_len)
         _positive("--lr", self.lr)
@@ -203,6 +255,7 @@ class SampleConfig:
     stop_at: str | None = None  # end each sample right after it generates this text
 
     def __post_init__(self) -> None:
+        _plain_fields(self)
         if not 0 <= self.length <= MAX_SAMPLE_LENGTH:
             raise _bad(
                 "--length", f"--length must be from 0 to {MAX_SAMPLE_LENGTH:,} (got {self.length})"

@@ -5,13 +5,21 @@ where there is one, the fix. The CLI prints it as ``error: <message>`` and exits
 ``exit_code``; nothing else should reach the user as a traceback.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .trainer import TrainResult
+
 
 class CharRNNError(Exception):
     exit_code = 1
 
 
-class UsageError(CharRNNError):
-    """A bad option value (exit 2, like a command-line parse error).
+class UsageError(CharRNNError, ValueError):
+    """A bad option value (exit 2, like a command-line parse error). Also a ValueError, so
+    that a Python caller's `except ValueError` around a bad argument catches it.
 
     `field` names the config field the value belongs to, so a value read from a checkpoint
     can be reported as damage to that checkpoint rather than as an option the user typed.
@@ -50,3 +58,14 @@ class ResourceError(CharRNNError):
 
 class MissingExtraError(CharRNNError):
     """A command needs an optional dependency that is not installed."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped `charrnn.train`, which first finished the step and saved
+    last.pt. A KeyboardInterrupt, so a script stops as Ctrl-C stops any Python program;
+    a caller that catches it finds the run's TrainResult in `result` (`result.last_path`).
+    """
+
+    def __init__(self, message: str, result: TrainResult):
+        super().__init__(message)
+        self.result = result
