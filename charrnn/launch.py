@@ -338,7 +338,7 @@ def _saved(last: str, since: float | None) -> str:
     except OSError:
         return "nothing was saved (the run had made no save yet)"
     if since is not None and written >= since:
-        return f"{last} was saved before that"
+        return f"this stop saved {last} before that"
     return f"nothing was saved by this stop; {last} holds the newest save"
 
 

@@ -3,8 +3,8 @@
 The claims: workers end with their launcher, even one killed by SIGKILL, and free --out's
 lock even when one of them cannot take part in the stop; a worker that does not answer a
 stop signal is named (rank and pid), killed after the grace, and the message says what
-was saved. Each time `--resume` continues afterwards. Linux only: the launcher finds its
-processes in /proc, and the kernel's parent-death signal is Linux's.
+was saved. After either, `--resume` continues in the same --out. Linux only: the launcher
+finds its processes in /proc, and the kernel's parent-death signal is Linux's.
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ def test_the_message_names_every_process_that_did_not_answer(tmp_path):
     outcome.unanswered, outcome.hurried = hung[1:], True
     assert unanswered_message(outcome, last) == (
         "process rank 1 (pid 12) did not answer SIGINT, nor a second SIGINT; it was "
-        f"killed (SIGKILL); {last} was saved before that"
+        f"killed (SIGKILL); this stop saved {last} before that"
     )
 
 
