@@ -573,7 +573,7 @@ def _launch(
     given: dict[str, Any],
 ) -> NoReturn:
     """--nproc-per-node: this process only launches the workers and reports how they ended."""
-    from .launch import run_workers
+    from .launch import run_workers, unanswered_message
     from .sources import resolve as resolve_sources
 
     if World.from_env().launched:
@@ -588,14 +588,18 @@ def _launch(
     request = api.check_request(corpus_paths, resume, force, init_from, encoding, given, world)
     resolve_sources(request[2], request[1])
     outcome = run_workers(nproc, sys.argv[1:])
+    last = RunDir(out).last
+    message = None
     if outcome.killed is not None:
         rank, name = outcome.killed
-        last = RunDir(out).last
         saved = f"{last} holds the newest save" if os.path.exists(last) else "nothing was saved"
-        again = shlex.join(["charrnn", "train", *corpus_paths, "--out", out, "--resume"])
         message = f"process rank {rank} was killed by {name}; the others were stopped; {saved}"
+    elif outcome.unanswered:  # after a signal; rank 0 could not say what happened
+        message = unanswered_message(outcome, last)
+    if message is not None:
         err.print(f"[bold red]error:[/] {escape(message)}", markup=True)
         if os.path.exists(last):
+            again = shlex.join(["charrnn", "train", *corpus_paths, "--out", out, "--resume"])
             err.print(f"continue with: {again} --nproc-per-node {nproc}")
     raise typer.Exit(code=outcome.exit_code)
 
