@@ -362,7 +362,7 @@ class Reporter:
         self.panel = None
 
 
-_signal_seen: list[str] = []  # the signal that ended a run before training began
+_signal_seen: list[str] = []  # the signal that stopped a run at once (this invocation's)
 
 
 def _where(e: RunStarted) -> str:
@@ -384,21 +384,31 @@ STOP_GRACE_SECONDS = 20.0
 
 
 def _install_stop_handlers(stop: StopRequest, out: str) -> Callable[[], None]:
-    """First SIGINT/SIGTERM: finish the step, save, exit. A second one: stop at once.
+    """First SIGINT/SIGTERM: finish the step, save, exit. A second Ctrl-C: stop at once.
 
     A watchdog thread backs the first: if the run has not ended within STOP_GRACE_SECONDS,
     it says so and ends the process (checkpoints are written to a temporary file and
     renamed, so the newest complete save is intact). Under torchrun the launcher keeps
     that watch over all the processes instead."""
+    _signal_seen.clear()
     previous = {}
     ended = threading.Event()
+    first: list[float] = []  # when this process was first signalled (not told by a peer)
 
     def handler(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        if not stop.armed or stop:  # nothing to save yet, or asked twice: stop at once
+        # A second Ctrl-C is a person asking twice; a SIGTERM may come twice from machinery
+        # (a parent-death signal, a launcher passing one on), and one Ctrl-C may arrive twice
+        # within moments (from the terminal and from a launcher): neither is asked twice.
+        again = bool(first) and name == "SIGINT" and time.monotonic() - first[0] > 0.5
+        if not stop.armed or again:  # nothing to save yet, or asked twice: stop at once
             _signal_seen[:] = [name]
             raise KeyboardInterrupt
-        stop.set(name)
+        if first:  # asked already: the run is stopping
+            return
+        first.append(time.monotonic())
+        if not stop:  # under torchrun another process may have seen it first
+            stop.set(name)
         if not World.from_env().launched:
             threading.Thread(target=_watchdog, args=(name, out, ended), daemon=True).start()
 
@@ -632,6 +642,10 @@ def _train(
             stop=stop,
             **given,
         )
+    except Exception:
+        if _signal_seen:  # stopped at once part-way through something (a save, say)
+            raise KeyboardInterrupt from None
+        raise
     finally:
         reporter.stop_live()
         restore()
