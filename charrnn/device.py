@@ -55,10 +55,11 @@ def _mps_available() -> bool:
 # Overrides the CPU's bf16 detection, read at every call of cpu_has_fast_bf16.
 CPU_BF16_ENV = "CHARRNN_CPU_BF16"
 
-# Emulated bf16 autocast (AVX2, no AVX512: torch runs its own LSTM loop with bf16 matrix
-# products) against fp32, one training step, median, 2 threads (AMD EPYC, torch 2.13):
-# 2x256 LSTM, batch 24 x 64: 12.6x slower; batch 64 x 128: 37x; 2x256 GRU 5.9x, RNN 9.1x.
-EMULATED_BF16 = "6 to 37 times slower than fp32 (measured, 256-unit models)"
+# Emulated bf16 autocast (AMD EPYC with AVX2, no AVX512: torch's own LSTM loop, bf16
+# matrix products) against fp32: one training step each, interleaved, median of 5, 1 thread,
+# torch 2.13. 2 x 256, batch 24 x 64: LSTM 21x slower, GRU 15x, tanh RNN 12x; the LSTM at
+# batch 64 x 128: 19x; a 1 x 32 LSTM at batch 4 x 16: 3x.
+EMULATED_BF16 = "12 to 21 times slower than fp32 (measured, 2 x 256 models)"
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -139,9 +139,10 @@ def detach_hidden(hidden: Hidden, dtype: torch.dtype | None = None) -> Hidden:
     window since the start of the epoch: memory and time would grow with each step.
 
     With `dtype` (the weights'), the state is also carried in it: under bf16 autocast
-    oneDNN's LSTM returns its state in bf16, which a window run in fp32 cannot take. bf16
-    widens to float32 exactly and autocast narrows it back exactly, so a bf16 run computes
-    the same either way, and a resumed run carries what an uninterrupted one does."""
+    oneDNN's LSTM (and the tanh RNN) return their state in bf16, which a window run in fp32
+    cannot take. bf16 widens to float32 exactly, and the next window's bf16 products narrow
+    it back exactly, so a bf16 run computes the same either way, and a resumed run carries
+    what an uninterrupted one does."""
     parts = hidden if isinstance(hidden, tuple) else (hidden,)
     carried = tuple(h.detach().to(dtype or h.dtype) for h in parts)
     return carried if isinstance(hidden, tuple) else carried[0]
