@@ -17,7 +17,10 @@ Keys (FORMAT_VERSION 1)::
     step             optimizer steps taken so far
     epoch            epochs completed
     cursor           {"epoch": int, "window": int}: the next window to train on
-    hidden           the carried hidden state, list of CPU tensors (h or h, c), or None
+    hidden           the carried hidden state, list of CPU float32 tensors (h or h, c), or
+                     None; bf16 in checkpoints of bf16 runs from before this was widened
+    precision        "fp32" or "bf16": what the weights last trained in (absent before it
+                     was saved; see trained_precision)
     rng              {"torch": ByteTensor, "cuda": [ByteTensor, ...]}
     plan_steps       the step count the learning-rate schedule decays over
     best_val_loss    the lowest validation loss so far (nats/char), or None
@@ -349,6 +352,7 @@ def check_resumable(ckpt: dict[str, Any], path: str) -> tuple[ModelConfig, Train
             isinstance(hidden, list)
             and len(hidden) == parts
             and all(isinstance(h, torch.Tensor) and tuple(h.shape) == shape for h in hidden)
+            and all(h.is_floating_point() for h in hidden)
         ):
             raise _damaged(
                 path, f"the hidden state is not {parts} tensor(s) of shape {list(shape)}"
@@ -360,6 +364,20 @@ def check_resumable(ckpt: dict[str, Any], path: str) -> tuple[ModelConfig, Train
     if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)):
         raise _damaged(path, "rng lacks torch's generator state")
     return model_config, train_config
+
+
+def trained_precision(ckpt: dict[str, Any]) -> str | None:
+    """The precision the checkpoint's run last trained in, "fp32" or "bf16"; None where it
+    cannot be known (an "auto" run saved before checkpoints said, at an epoch's start)."""
+    for said in (ckpt.get("precision"), (ckpt.get("train_config") or {}).get("precision")):
+        if said in ("fp32", "bf16"):
+            return said
+    # "auto" on a CPU with bf16: oneDNN's LSTM left the state it saved in bf16.
+    if any(
+        isinstance(h, torch.Tensor) and h.dtype == torch.bfloat16 for h in ckpt.get("hidden") or []
+    ):
+        return "bf16"
+    return None
 
 
 def _check_optimizer(state: Any, shapes: list[tuple[int, ...]], path: str) -> None:

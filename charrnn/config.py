@@ -234,7 +234,8 @@ DEFAULT_EPOCHS = 10.0
 # The limits: whichever comes first ends a run; given on --resume, they replace the old set.
 LIMIT_OPTIONS = ("max_steps", "epochs", "time_limit")
 # The only options a resumed run may change; everything else comes from the checkpoint.
-RESUMABLE_OPTIONS = (*LIMIT_OPTIONS, "eval_every", "device", "sample_length")
+# Like the device, the precision belongs to the machine: a run moves between machines.
+RESUMABLE_OPTIONS = (*LIMIT_OPTIONS, "eval_every", "device", "precision", "sample_length")
 
 
 # Bounds that keep `sample` from promising what it cannot do: a length no run will reach

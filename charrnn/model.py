@@ -134,23 +134,35 @@ def parameter_count(config: ModelConfig) -> int:
     return first + upper + v * (h + 1)
 
 
-def detach_hidden(hidden: Hidden) -> Hidden:
+def detach_hidden(hidden: Hidden, dtype: torch.dtype | None = None) -> Hidden:
     """Cut the graph at a window boundary. Without this, backward would run through every
-    window since the start of the epoch: memory and time would grow with each step."""
-    if isinstance(hidden, tuple):
-        return tuple(h.detach() for h in hidden)
-    return hidden.detach()
+    window since the start of the epoch: memory and time would grow with each step.
+
+    With `dtype` (the weights'), the state is also carried in it: under bf16 autocast
+    oneDNN's LSTM (and the tanh RNN) return their state in bf16, which a window run in fp32
+    cannot take. bf16 widens to float32 exactly, and the next window's bf16 products narrow
+    it back exactly, so a bf16 run computes the same either way, and a resumed run carries
+    what an uninterrupted one does."""
+    parts = hidden if isinstance(hidden, tuple) else (hidden,)
+    carried = tuple(h.detach().to(dtype or h.dtype) for h in parts)
+    return carried if isinstance(hidden, tuple) else carried[0]
 
 
 def hidden_to_list(hidden: Hidden | None) -> list[torch.Tensor] | None:
+    """The state as the checkpoint stores it: CPU tensors in float32, whatever precision
+    made them, so that any machine can continue from it."""
     if hidden is None:
         return None
     parts = hidden if isinstance(hidden, tuple) else (hidden,)
-    return [h.detach().cpu().clone() for h in parts]
+    return [h.detach().to("cpu", torch.float32).clone() for h in parts]
 
 
-def hidden_from_list(parts: list[torch.Tensor] | None, device: torch.device) -> Hidden | None:
+def hidden_from_list(
+    parts: list[torch.Tensor] | None, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Hidden | None:
+    """The stored state on `device`, in the weights' `dtype`: checkpoints written before
+    hidden_to_list widened it hold bf16 on machines that trained in bf16."""
     if parts is None:
         return None
-    moved = [p.to(device) for p in parts]
+    moved = [p.to(device, dtype) for p in parts]
     return tuple(moved) if len(moved) == 2 else moved[0]

@@ -23,11 +23,12 @@ from .checkpoint import (
     FORMAT_VERSION,
     commit_checkpoint,
     discard_temporary,
+    trained_precision,
     write_temporary,
 )
 from .config import DEFAULT_EPOCHS, ModelConfig, SampleConfig, TrainConfig
 from .corpus import Corpus
-from .device import autocast, configure_backends, resolve_device, resolve_precision
+from .device import autocast, bf16_missing, configure_backends, resolve_device, resolve_precision
 from .distributed import World, is_lost_peer, lost_contact
 from .errors import CheckpointError, OutputError, TrainingError
 from .loss import cross_entropy
@@ -365,7 +366,7 @@ class _Run:
         self.device = world.device(resolve_device(config.device), config.device)
         if world.launched and self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # NCCL's streams and DDP's buckets live there
-        self.precision = resolve_precision(config.precision, self.device)
+        self.precision = self._precision(resume)
         configure_backends(self.device)
 
         # Initialise on the CPU from the seed, so the same seed gives the same initial
@@ -432,12 +433,32 @@ class _Run:
 
     # -- checkpoint state
 
+    def _precision(self, resume: dict[str, Any] | None) -> str:
+        """The precision this invocation trains in. A checkpoint resumes on any machine: a
+        run that asked for bf16 continues in fp32 where this device has none (a new run is
+        refused instead). A change from the precision the checkpoint trained in is said once."""
+        asked = self.config.precision
+        missing = bf16_missing(self.device) if asked != "fp32" else None
+        if resume is None:
+            return resolve_precision(asked, self.device)
+        precision = "fp32" if asked == "bf16" and missing else resolve_precision(asked, self.device)
+        before = trained_precision(resume)
+        if before is not None and before != precision:
+            why = f": {missing}" if missing and precision == "fp32" else f" (--precision {asked})"
+            self.emit(
+                Notice(
+                    f"the checkpoint trained in {before}; this run continues in {precision}{why}"
+                )
+            )
+        return precision
+
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
         self.step = int(ckpt["step"])
         self.epoch = int(ckpt["cursor"]["epoch"])
         self.window = int(ckpt["cursor"]["window"])
-        self.hidden = self._my_rows(hidden_from_list(ckpt.get("hidden"), self.device))
+        dtype = self.model.head.weight.dtype  # float32: bf16 states of old checkpoints widen
+        self.hidden = self._my_rows(hidden_from_list(ckpt.get("hidden"), self.device, dtype))
         self.history = list(ckpt.get("history") or [])
         self.best_val = ckpt.get("best_val_loss")
         if self.history:
@@ -504,6 +525,7 @@ class _Run:
             "epoch": self.epoch,
             "cursor": {"epoch": self.epoch, "window": self.window},
             "hidden": hidden,
+            "precision": self.precision,  # what these weights last trained in
             "rng": rng,
             "plan_steps": self.plan,
             "best_val_loss": self.best_val,
@@ -751,7 +773,7 @@ class _Run:
             self.optimizer.step()
             # Keep the state for the next window but cut the graph here: that is the
             # "truncated" in truncated BPTT.
-            self.hidden = detach_hidden(hidden)
+            self.hidden = detach_hidden(hidden, self.model.head.weight.dtype)
         else:
             self.hidden = None  # a non-finite state would poison every later window
         return loss_value, norm, lr, ok
