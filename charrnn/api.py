@@ -50,7 +50,7 @@ from .config import (
     plain_value,
 )
 from .corpus import corpus_from_prepared
-from .device import resolve_device
+from .device import resolve_device, resolve_precision
 from .distributed import DistributedError, FollowerExit, World, check_batch
 from .errors import CharRNNError, CorpusError, TrainingInterrupted, UsageError
 from .idcache import prepare as prepare_ids
@@ -291,7 +291,8 @@ def python_train(
     `charrnn train` does: `options` are its options with underscores (hidden_size=512,
     max_steps=1000, time_limit="5m" or seconds, ...). With `resume=True` the model and
     optimisation options come from `out`'s last.pt and only those in
-    config.RESUMABLE_OPTIONS (the limits, eval_every, device, sample_length) may be given.
+    config.RESUMABLE_OPTIONS (the limits, eval_every, device, precision, sample_length)
+    may be given.
     With `init_from` (a checkpoint), a new run starts from that model's weights and takes
     its model options; new characters extend its vocabulary (see charrnn.finetune).
     Progress arrives as events through `on_event`.
@@ -605,7 +606,9 @@ def check_request(
         if init_from is None:
             ModelConfig(**{k: v for k, v in given.items() if k in MODEL_OPTIONS}, vocab_size=2)
         check_batch(given.get("batch_size", TrainConfig.batch_size), world)
-    resolve_device(given.get("device", TrainConfig.device))
+    device = resolve_device(given.get("device", TrainConfig.device))
+    if "precision" in given or not resume:  # bf16 where there is none: refused up front
+        resolve_precision(given.get("precision", TrainConfig.precision), device)
     paths = [corpus] if isinstance(corpus, str) else list(corpus)
     if world.launched and "-" in paths:
         raise UsageError(
