@@ -49,6 +49,7 @@ from .rundir import RunDir
 from .sources import read_all
 from .trainer import (
     LN2,
+    MIN_VAL_STREAM,
     Evaluated,
     Notice,
     RunStarted,
@@ -373,7 +374,10 @@ def _where(e: RunStarted) -> str:
 
 
 def _val_used(e: RunStarted) -> str:
-    if e.val_used is None or e.val_used >= e.val_chars - 1:
+    # Segments that cover the whole held-out text (a time-limited run's) predict all but
+    # fewer than one character per MIN_VAL_STREAM: that is the whole text, not a bound.
+    whole = e.val_chars - 1
+    if e.val_used is None or e.val_used >= whole - whole // MIN_VAL_STREAM:
         return ""
     return f" ({e.val_used:,} of them predicted per validation: --val-chars)"
 
