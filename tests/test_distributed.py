@@ -22,11 +22,11 @@ import pytest
 import torch
 from conftest import shakespeare_head
 
-from charrnn.api import check_request
 from charrnn.checkpoint import load_checkpoint
 from charrnn.distributed import World, check_batch
 from charrnn.errors import UsageError
 from charrnn.launch import worker_args
+from charrnn.request import check_request
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="this torch has no torch.distributed"
@@ -272,7 +272,7 @@ def test_plain_torchrun_bad_input_has_no_charrnn_traceback(tmp_path):
     assert done.returncode != 0
     assert done.stderr.count("error: corpus") == 1  # rank 0's line; rank 1 stays quiet
     assert "charrnn/" not in done.stderr.split("error: corpus")[1].split("\n", 1)[0]
-    assert 'charrnn/api.py"' not in done.stderr and "charrnn/cli.py" not in done.stderr
+    assert 'charrnn/api.py"' not in done.stderr and "charrnn/cli/" not in done.stderr
 
 
 def _free_port() -> int:

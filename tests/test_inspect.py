@@ -24,7 +24,7 @@ from conftest import SHAKESPEARE, run_cli, shakespeare_head, tiny_run
 from rich.console import Console
 from typer.testing import CliRunner
 
-import charrnn.cli_inspect
+import charrnn.cli.inspect
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.cli import app
 from charrnn.config import ModelConfig
@@ -390,11 +390,11 @@ def test_unit_colours_each_character_on_a_truecolor_terminal(
     best = report["features"]["in_quotes"][0]
     screen = io.StringIO()
     term = Console(file=screen, force_terminal=True, color_system="truecolor", width=100)
-    monkeypatch.setattr(charrnn.cli_inspect, "out", term)
+    monkeypatch.setattr(charrnn.cli.inspect, "out", term)
     # stderr a terminal too: the progress bar is drawn there while the units are recorded.
     progress = io.StringIO()
     err_term = Console(file=progress, force_terminal=True, width=100)
-    monkeypatch.setattr(charrnn.cli_inspect, "err", err_term)
+    monkeypatch.setattr(charrnn.cli.inspect, "err", err_term)
     spec = f"0:{best['state']}:{best['unit']}"
     result = runner.invoke(app, ["neurons", str(ckpt), str(text), "--unit", spec])
     assert result.exit_code == 0, result.output

@@ -73,8 +73,8 @@ def test_a_signal_during_training_in_a_terminal_saves_and_stops(tmp_path, corpus
 _STUCK_SAVE = textwrap.dedent(
     """
     import sys, time
-    import charrnn.cli as cli, charrnn.trainer as trainer
-    cli.STOP_GRACE_SECONDS = 4.0
+    import charrnn.cli as cli, charrnn.cli.signals as signals, charrnn.trainer as trainer
+    signals.STOP_GRACE_SECONDS = 4.0
     save = trainer._Run.save
     def stuck(self, also_best):
         if self.stop:

@@ -14,8 +14,9 @@ from conftest import PATTERN, run_cli, tiny_run
 from rich.console import Console
 from typer.testing import CliRunner
 
-import charrnn.cli
-from charrnn.cli import Reporter, app
+import charrnn.cli.progress
+from charrnn.cli import app
+from charrnn.cli.progress import Reporter
 from charrnn.trainer import Evaluated, RunStarted, StepDone
 
 runner = CliRunner()
@@ -39,7 +40,7 @@ def test_live_display_shows_the_latest_validation_loss(monkeypatch):
     # Seen before the fix: a run ending with an evaluation kept `val 3.3932` on the bar.
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=200, color_system=None)
-    monkeypatch.setattr(charrnn.cli, "err", console)
+    monkeypatch.setattr(charrnn.cli.progress, "err", console)
     reporter = Reporter(quiet=False)
     assert reporter.live
     reporter(_started())

@@ -2,5 +2,5 @@
 reach (gradients), whether its text is new (novelty), and the page that shows them.
 
 Library code, like the rest of charrnn: no typer, no rich, no printing; the CLI layer
-(charrnn/cli_inspect.py) renders the results.
+(charrnn/cli/inspect.py) renders the results.
 """

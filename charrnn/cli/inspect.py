@@ -1,8 +1,7 @@
 """The commands that look inside: plot, neurons, gradients, novelty.
 
-CLI layer, like cli.py (which imports this module at its end to register the commands
-on its `app`): parse options, call the library in charrnn.inspect, render with rich and
-plotext. Results are data and go to stdout; progress and notices go to stderr.
+Parse options, call the library in charrnn.inspect, render with rich and plotext. Results
+are data and go to stdout; progress and notices go to stderr.
 """
 
 from __future__ import annotations
@@ -29,12 +28,13 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .cli import _guarded, _warn, app, err
-from .corpus import read_text
-from .errors import MissingExtraError, OutputError, UsageError
-from .inspect import curves, gradients, neurons, novelty, page
-from .vocab import describe_chars, encode_in
+from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..corpus import read_text
+from ..errors import MissingExtraError, OutputError, UsageError
+from ..inspect import curves, gradients, neurons, novelty, page
+from ..vocab import describe_chars, encode_in
+from .app import app
+from .streams import err, guarded, warn
 
 out = Console(highlight=False, soft_wrap=True)
 PLOT_EXTRA = curves.PLOT_EXTRA
@@ -81,7 +81,7 @@ def _model_and_ids(checkpoint: str, file: str, encoding: str):
     model, vocab = model_from_checkpoint(ckpt, checkpoint)
     text = read_text(file, encoding)
     for w in text.warnings:
-        _warn(w)
+        warn(w)
     ids, missing = encode_in(vocab, text.text)
     if missing:
         raise UsageError(
@@ -102,7 +102,7 @@ def plot_cmd(
     out_file: str = typer.Option(None, "--out", "-o", help="Write FILE.png or FILE.svg instead."),
 ) -> None:
     """Training and validation loss against steps; several runs are drawn together."""
-    _guarded(lambda: _plot(runs, out_file))
+    guarded(lambda: _plot(runs, out_file))
 
 
 def _plot(runs: list[str], out_file: str | None) -> None:
@@ -201,7 +201,7 @@ def neurons_cmd(
     encoding: str = typer.Option("utf-8", help="Text encoding of FILE."),
 ) -> None:
     """Which units track quotes, brackets, line position, words: record every unit on a text."""
-    _guarded(lambda: _neurons(checkpoint, file, top, unit, html, as_json, memory_mb, encoding))
+    guarded(lambda: _neurons(checkpoint, file, top, unit, html, as_json, memory_mb, encoding))
 
 
 def _neurons(checkpoint, file, top, unit, html, as_json, memory_mb, encoding) -> None:
@@ -216,7 +216,7 @@ def _neurons(checkpoint, file, top, unit, html, as_json, memory_mb, encoding) ->
         raise UsageError(f"{text.name} needs at least 2 characters")
     cap = neurons.max_chars(model, memory_mb)
     if len(ids) > cap:
-        _warn(
+        warn(
             f"{text.name} has {len(ids):,} characters; recording the first {cap:,} "
             f"(--memory-mb {memory_mb:g} holds {cap:,} for this model): raise it to record more"
         )
@@ -278,7 +278,7 @@ def gradients_cmd(
     encoding: str = typer.Option("utf-8", help="Text encoding of FILE."),
 ) -> None:
     """How far back the gradient reaches: ||dL_t/dh_{t-k}||, averaged over positions of the text."""
-    _guarded(lambda: _gradients(checkpoint, file, max_distance, positions, as_json, encoding))
+    guarded(lambda: _gradients(checkpoint, file, max_distance, positions, as_json, encoding))
 
 
 def _gradients(checkpoint, file, max_distance, positions, as_json, encoding) -> None:
@@ -309,7 +309,7 @@ def _gradients(checkpoint, file, max_distance, positions, as_json, encoding) -> 
     try:
         plt = _plotext()
     except MissingExtraError as e:
-        _warn(f"no plot: {e}")
+        warn(f"no plot: {e}")
         return
     positive = [(k, v) for k, v in zip(result["distances"], norms, strict=True) if v > 0]
     plt.plot([k for k, _ in positive], [v for _, v in positive], marker="braille", label="h")
@@ -339,7 +339,7 @@ def novelty_cmd(
     encoding: str = typer.Option("utf-8", help="Text encoding of both texts."),
 ) -> None:
     """Writing or reciting? The share of a text's n-grams found in the training text."""
-    _guarded(lambda: _novelty(sample, corpus, as_json, index_path, encoding))
+    guarded(lambda: _novelty(sample, corpus, as_json, index_path, encoding))
 
 
 def _novelty(
@@ -352,7 +352,7 @@ def _novelty(
     train = read_text(corpus_path, encoding)
     sample = read_text(sample_path, encoding)
     for w in train.warnings + sample.warnings:
-        _warn(w)
+        warn(w)
     if index_path and os.path.exists(index_path) and not novelty.is_index(index_path):
         raise OutputError(
             f"--index {index_path!r} exists and is not a charrnn novelty index: "

@@ -1,0 +1,303 @@
+"""`charrnn sample`, `eval` and `info`: a checkpoint's text, its score on a text, and what
+it holds. Their results are data, on stdout."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import typer
+
+from .. import api
+from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..config import SampleConfig, describe_input
+from ..corpus import read_text
+from ..device import resolve_device
+from ..errors import CheckpointError, CorpusError, UsageError
+from ..sources import read_all
+from ..trainer import LN2
+from ..vocab import Vocab, describe_chars, describe_vocab
+from .app import DEVICE_METAVAR, app, complete_device, examples, field_default
+from .streams import Stdout, printing, warn
+
+# ------------------------------------------------------------------------ sample
+
+
+@app.command(
+    "sample",
+    epilog=examples(
+        'charrnn sample -c checkpoints/best.pt --seed "ROMEO:" --length 300',
+        "charrnn sample --length 0 --temperature 0.6 | head -c 100000 > more.txt",
+        "cat prompt.txt | charrnn sample --seed-file - --stop-at '\\n\\n'",
+    ),
+)
+def sample_cmd(
+    checkpoint: str = typer.Option("checkpoints/best.pt", "--checkpoint", "-c"),
+    seed: str = typer.Option(
+        None,
+        "--seed",
+        "-s",
+        help="Text to start from, printed first (default: the training text's first character).",
+    ),
+    seed_file: str = typer.Option(
+        None, help="Read the seed from this file (- for stdin): a long prompt, printed first."
+    ),
+    length: int = typer.Option(
+        field_default(SampleConfig, "length"),
+        "--length",
+        "-n",
+        help="Characters after the seed; 0 streams without end (until the reader stops).",
+    ),
+    temperature: float = typer.Option(
+        field_default(SampleConfig, "temperature"),
+        "--temperature",
+        "-t",
+        help="Lower is safer, higher is wilder; 0 always takes the most likely character.",
+    ),
+    top_k: int = typer.Option(None, help="Draw only from the k most likely characters."),
+    top_p: float = typer.Option(
+        None, help="Draw only from the smallest set of characters with this much probability."
+    ),
+    stop_at: str = typer.Option(
+        None, help="End each sample right after generating this text (escapes like \\n work)."
+    ),
+    num_samples: int = typer.Option(
+        field_default(SampleConfig, "num_samples"), help="Independent samples, generated together."
+    ),
+    separator: str = typer.Option(
+        "\\n\\n", help="Printed between samples (escapes like \\n are understood)."
+    ),
+    random_seed: int = typer.Option(None, help="Seed for a repeatable sample."),
+    device: str = typer.Option(
+        "cpu",
+        metavar=DEVICE_METAVAR,
+        autocompletion=complete_device,
+        help="cpu (fastest for sampling; see README), cuda, cuda:N, mps or auto.",
+    ),
+) -> None:
+    """Generate text from a checkpoint and stream it to stdout."""
+    printing(
+        lambda: _sample(
+            checkpoint,
+            seed,
+            seed_file,
+            separator,
+            device,
+            SampleConfig(
+                length=length,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                num_samples=num_samples,
+                random_seed=random_seed,
+                stop_at=None if stop_at is None else _unescape(stop_at, "--stop-at"),
+            ),
+        )
+    )
+
+
+def _unescape(typed: str, flag: str) -> str:
+    """Backslash escapes (\\n, \\t, \\u2014) become their characters; every other character
+    stays exactly as typed, '—' and 'é' included."""
+    # latin-1 + backslashreplace turns the non-latin-1 characters into \\uXXXX escapes, which
+    # unicode_escape (it reads its bytes as latin-1) turns back: nothing is double-decoded.
+    try:
+        text = typed.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError:
+        raise UsageError(
+            f"{flag} {typed!r} has a broken backslash escape: write \\n, \\t or \\\\"
+        ) from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"{flag} {typed!r} holds a lone surrogate (half of a UTF-16 pair), which "
+            "cannot be printed: give a real character"
+        ) from None
+    return text
+
+
+def _sample(
+    checkpoint: str,
+    seed: str | None,
+    seed_file: str | None,
+    separator: str,
+    device_name: str,
+    config: SampleConfig,
+) -> None:
+    if seed is not None and seed_file is not None:
+        raise UsageError("--seed and --seed-file both give the seed: choose one")
+    device = "cpu" if device_name == "auto" else device_name  # README: the CPU samples fastest
+    resolve_device(device)
+    separator = _unescape(separator, "--separator")
+    out = Stdout()
+    model = api.load(checkpoint, device)
+    if seed_file is not None:
+        seed = _read_seed(seed_file, model.vocab)
+    current = 0
+    unflushed = 0
+    last_flush = time.monotonic()
+    for index, text in model.generate(config, seed):
+        if index != current:
+            out.write(separator)
+            current = index
+        out.write(text)
+        unflushed += len(text)
+        # Stream: flush at line ends and a few times a second, not per character.
+        now = time.monotonic()
+        if text.endswith("\n") or unflushed >= 4096 or now - last_flush > 0.05:
+            out.flush()
+            unflushed = 0
+            last_flush = now
+    out.write("\n")
+    out.flush()
+
+
+def _read_seed(path: str, vocab: Vocab) -> str:
+    """The whole text of a --seed-file (or of stdin for -) is the seed; every character must
+    be in the vocabulary, since the model has no input for any other."""
+    name = "<stdin>" if path == "-" else path
+    text, warnings = read_all(path, "utf-8", role="--seed-file")  # a corpus's own checks
+    for w in warnings:
+        warn(w)
+    if not text:
+        raise CorpusError(f"--seed-file {name} is empty: give it the text to start from")
+    missing = vocab.missing(text)
+    if missing:
+        raise CorpusError(
+            f"--seed-file {name} has characters the model never saw: {describe_chars(missing)}; "
+            "remove them, or use a model trained on text that has them"
+        )
+    return text
+
+
+# -------------------------------------------------------------------- eval, info
+
+
+@app.command(
+    "eval",
+    epilog=examples(
+        "tail -c 111539 corpora/tinyshakespeare.txt > held_out.txt",
+        "charrnn eval --checkpoint checkpoints/best.pt held_out.txt",
+        "charrnn sample -n 5000 | charrnn eval - --json",
+    ),
+)
+def eval_cmd(
+    file: str = typer.Argument(..., help="Text to score, or - for stdin."),
+    checkpoint: str = typer.Option("checkpoints/best.pt", "--checkpoint", "-c"),
+    encoding: str = typer.Option("utf-8", help="Text encoding of FILE."),
+    device: str = typer.Option(
+        "auto",
+        metavar=DEVICE_METAVAR,
+        autocompletion=complete_device,
+        help="auto, cpu, cuda, cuda:N or mps.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Score a text: mean loss per character, in nats and bits."""
+    printing(lambda: _eval(file, checkpoint, encoding, device, as_json))
+
+
+def _eval(file: str, checkpoint: str, encoding: str, device_name: str, as_json: bool) -> None:
+    resolve_device(device_name)
+    out = Stdout()
+    model = api.load(checkpoint, device_name)
+    text = read_text(file, encoding, role="text")
+    for w in text.warnings:
+        warn(w)
+    loss = model.score(text.text, name=text.name)
+    result = {
+        "checkpoint": checkpoint,
+        "file": text.name,
+        "num_chars": len(text.text),
+        "num_predicted": len(text.text) - 1,  # every character but the first
+        "loss_nats": loss,
+        "bits_per_char": loss / LN2,
+    }
+    if as_json:
+        out.print(json.dumps(result))
+    else:
+        out.print(
+            f"{loss:.4f} nats/char ({loss / LN2:.4f} bits/char) over {result['num_predicted']:,} "
+            f"predicted characters of {text.name}"
+        )
+
+
+@app.command(
+    "info",
+    epilog=examples("charrnn info checkpoints/best.pt", "charrnn info run/last.pt --json"),
+)
+def info_cmd(
+    checkpoint: str = typer.Argument("checkpoints/best.pt", help="A checkpoint file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Describe a checkpoint: model, size, vocabulary, training options and progress."""
+    printing(lambda: _info(checkpoint, as_json))
+
+
+def _info(path: str, as_json: bool) -> None:
+    out = Stdout()
+    ckpt = load_checkpoint(path)
+    model, vocab = model_from_checkpoint(ckpt, path)
+    best = ckpt.get("best_val_loss")
+    history = ckpt.get("history") or []
+    info = {
+        "checkpoint": path,
+        "format_version": ckpt["version"],
+        "charrnn_version": ckpt.get("charrnn_version"),
+        "model": model.config.to_dict(),  # with "input" filled in for older checkpoints
+        "num_params": model.num_params(),
+        "vocab_size": len(vocab),
+        "vocab": "".join(vocab.chars),
+        "train_config": ckpt.get("train_config"),
+        "step": ckpt.get("step"),
+        "epoch": ckpt.get("epoch"),
+        "best_val_loss": best,
+        "best_val_bpc": best / LN2 if best is not None else None,
+        "last_val_loss": history[-1]["val_loss"] if history else None,
+        "corpus": {k: v for k, v in (ckpt.get("corpus") or {}).items() if k != "first_char"},
+        "lineage": ckpt.get("lineage") or [],
+    }
+    if as_json:
+        try:
+            text = json.dumps(info, indent=2, allow_nan=False)  # bare NaN is not JSON
+        except ValueError:
+            raise CheckpointError(
+                f"checkpoint {path!r} is damaged (its options hold a NaN or infinite number)"
+            ) from None
+        out.print(text)
+        return
+    m = info["model"]
+    lines = [
+        f"checkpoint   {path} (format {info['format_version']}, charrnn {info['charrnn_version']})",
+        f"model        {m['model']}, {m['num_layers']} x {m['hidden_size']}, dropout "
+        f"{m['dropout']}: {info['num_params']:,} parameters",
+        f"input        {describe_input(model.config)}",
+        f"vocabulary   {describe_vocab(vocab.chars)}",
+        f"trained      {info['step']} steps ({info['epoch']} epochs) on "
+        f"{info['corpus'].get('name', '?')} ({info['corpus'].get('num_chars', 0):,} chars)",
+        *_files_line(info["corpus"]),
+        "best val     "
+        + (f"{best:.4f} nats/char ({best / LN2:.4f} bits/char)" if best is not None else "-"),
+        "options      " + ", ".join(f"{k}={v}" for k, v in (info["train_config"] or {}).items()),
+    ]
+    for entry in info["lineage"]:
+        added = entry.get("added_chars") or ""
+        lines.append(
+            f"started from {entry['init_from']} (step {entry.get('step')}, trained on "
+            f"{entry.get('corpus') or '?'}); added {len(added)} character(s)"
+            + (f": {describe_chars(list(added))}" if added else "")
+        )
+    out.print("\n".join(lines))
+
+
+def _files_line(corpus: dict[str, Any]) -> list[str]:
+    files = corpus.get("files")
+    if not isinstance(files, list) or not files:
+        return []
+    shown = ", ".join(
+        f"{f.get('name')} ({f.get('size', 0):,} bytes)" for f in files[:5] if isinstance(f, dict)
+    )
+    more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+    return [f"files        {len(files)}: {shown}{more}"]

@@ -1,0 +1,124 @@
+"""The package's shape: imports go one way. The library (everything outside charrnn/cli/)
+never imports the CLI, typer or rich; no module imports the package above it; no cycles.
+Read from the source with ast, so nothing is imported and nothing can hide behind a lazy
+import inside a function."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent / "charrnn"
+# `python -m charrnn` is the command line's second entry point, not library code.
+ENTRY_POINTS = {"charrnn.__main__"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _package(name: str, path: Path) -> str:
+    return name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+
+def _runtime_nodes(tree: ast.AST, typing_too: bool) -> list[ast.AST]:
+    """The nodes of a module, without those under `if TYPE_CHECKING:` unless `typing_too`:
+    an import for annotations only is never run, so it cannot take part in a cycle."""
+    nodes, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        typing_only = isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        todo.extend(node.orelse if typing_only and not typing_too else ast.iter_child_nodes(node))
+    return nodes
+
+
+def _imports(path: Path, typing_too: bool = True) -> set[str]:
+    """Every module named by an import anywhere in the file, relative ones made absolute.
+    `from pkg import name` counts `pkg` and `pkg.name` (which may be a submodule); `from .
+    import name` counts only the name: it reads a sibling, not the package's own code."""
+    name = _module_name(path)
+    package = _package(name, path)
+    found = set()
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in _runtime_nodes(tree, typing_too):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            if node.module is not None:
+                found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _modules() -> dict[str, set[str]]:
+    """charrnn's modules and the charrnn modules each imports when it runs."""
+    modules = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    return {
+        name: {i for i in _imports(p, typing_too=False) if i in modules}
+        for name, p in modules.items()
+    }
+
+
+def _all_imports() -> dict[str, set[str]]:
+    return {_module_name(p): _imports(p) for p in ROOT.rglob("*.py")}
+
+
+def _is_cli(module: str) -> bool:
+    return module == "charrnn.cli" or module.startswith("charrnn.cli.")
+
+
+def test_the_library_never_imports_the_cli_typer_or_rich():
+    offenders = {
+        module: sorted(i for i in imports if i.split(".")[0] in ("typer", "rich") or _is_cli(i))
+        for module, imports in _all_imports().items()
+        if not _is_cli(module) and module not in ENTRY_POINTS
+    }
+    assert {m: i for m, i in offenders.items() if i} == {}
+
+
+def test_no_module_imports_a_package_above_it():
+    # A submodule that imports its own package's __init__ runs in the middle of it.
+    offenders = {
+        module: sorted(i for i in imports if module.startswith(i + "."))
+        for module, imports in _modules().items()
+    }
+    assert {m: i for m, i in offenders.items() if i} == {}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for nxt in sorted(graph[module]):
+            if state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    return cycles
+
+
+def test_there_is_no_import_cycle():
+    assert _cycles(_modules()) == []
+
+
+def test_the_checker_sees_the_imports():
+    """The tests above would pass on a broken parser that finds no imports at all."""
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    graph = _modules()
+    assert "charrnn.cli.app" in graph["charrnn.cli.train"]
+    assert "charrnn.errors" in graph["charrnn.cli.streams"]
+    assert "charrnn.config" in graph["charrnn.api"]
