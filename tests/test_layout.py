@@ -66,6 +66,17 @@ def _modules() -> dict[str, set[str]]:
     }
 
 
+def _relative_bases(path: Path) -> list[str]:
+    """The module each `from .x import ...` in the file reads, made absolute."""
+    name = _module_name(path)
+    anchor = _package(name, path).split(".")
+    return [
+        ".".join([*anchor[: len(anchor) - node.level + 1], *([node.module] if node.module else [])])
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom) and node.level
+    ]
+
+
 def _all_imports() -> dict[str, set[str]]:
     return {_module_name(p): _imports(p) for p in ROOT.rglob("*.py")}
 
@@ -81,6 +92,16 @@ def test_the_library_never_imports_the_cli_typer_or_rich():
         if not _is_cli(module) and module not in ENTRY_POINTS
     }
     assert {m: i for m, i in offenders.items() if i} == {}
+
+
+def test_every_relative_import_names_a_module_that_exists():
+    # An import inside a function runs only when it is called: a moved module's lazy
+    # `from .launch import ...` would otherwise wait for the one test that reaches it.
+    modules = {_module_name(p) for p in ROOT.rglob("*.py")}
+    missing = {
+        _module_name(p): sorted(set(_relative_bases(p)) - modules) for p in ROOT.rglob("*.py")
+    }
+    assert {m: b for m, b in missing.items() if b} == {}
 
 
 def test_no_module_imports_a_package_above_it():

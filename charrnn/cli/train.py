@@ -153,8 +153,8 @@ def _launch(
     given: dict[str, Any],
 ) -> NoReturn:
     """--nproc-per-node: this process only launches the workers and reports how they ended."""
-    from .launch import run_workers, unanswered_message
-    from .sources import resolve as resolve_sources
+    from ..launch import run_workers, unanswered_message
+    from ..sources import resolve as resolve_sources
 
     if World.from_env().launched:
         raise UsageError(
