@@ -34,11 +34,7 @@ from .checkpoint import (
     model_config_from,
     model_from_checkpoint,
 )
-from .config import (
-    ModelConfig,
-    SampleConfig,
-    TrainConfig,
-)
+from .config import ModelConfig, SampleConfig, TrainConfig
 from .corpus import corpus_from_prepared
 from .device import resolve_device
 from .distributed import DistributedError, FollowerExit, World, check_batch

@@ -28,7 +28,7 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -347,12 +347,7 @@ def build(sources: Sources, encoding: str, folder: str) -> Prepared:
             "digest": digest,
             "warnings": warnings,
         }
-        meta_tmp = _temp(folder, ".json")
-        meta_tmp.write(json.dumps(meta).encode())
-        meta_tmp.flush()
-        os.fsync(meta_tmp.fileno())
-        os.replace(meta_tmp.temp_path, meta_path)  # type: ignore[attr-defined]
-        meta_tmp.close()
+        _write_meta(folder, meta_path, meta)
     except OSError as e:
         raise _cache_error(folder, e, sources) from None
     finally:
@@ -370,6 +365,16 @@ def build(sources: Sources, encoding: str, folder: str) -> Prepared:
         cached=False,
         warnings=warnings,
     )
+
+
+def _write_meta(folder: str, meta_path: str, meta: dict[str, Any]) -> None:
+    # Written last and renamed into place: an entry with its meta file is complete.
+    meta_tmp = _temp(folder, ".json")
+    meta_tmp.write(json.dumps(meta).encode())
+    meta_tmp.flush()
+    os.fsync(meta_tmp.fileno())
+    os.replace(meta_tmp.temp_path, meta_path)  # type: ignore[attr-defined]
+    meta_tmp.close()
 
 
 def _cache_error(folder: str, e: OSError, sources: Sources) -> CacheError:

@@ -1,5 +1,5 @@
 """What a call from Python needs that the command line does not: Python's habits in the
-arguments (pathlib.Path, numpy's numbers and bools), errors reworded in the caller's terms
+arguments (pathlib.Path, numpy's str and bool), errors reworded in the caller's terms
 (max_steps= for --max-steps), Ctrl-C and SIGTERM met as `charrnn train` meets them, and one
 run at a time in a process. api.py's python_train and load are built on these.
 """
