@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent / "charrnn"
 # `python -m charrnn` is the command line's second entry point, not library code.
 ENTRY_POINTS = {"charrnn.__main__"}
@@ -143,3 +145,13 @@ def test_the_checker_sees_the_imports():
     assert "charrnn.cli.app" in graph["charrnn.cli.train"]
     assert "charrnn.errors" in graph["charrnn.cli.streams"]
     assert "charrnn.config" in graph["charrnn.api"]
+
+
+def test_every_package_is_in_the_wheel():
+    # setuptools takes the packages list literally: a package missing from it works from
+    # the source tree (and under `pip install -e`) and is absent from a built wheel.
+    tomllib = pytest.importorskip("tomllib")
+    with open(ROOT.parent / "pyproject.toml", "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    packages = {_module_name(p) for p in ROOT.rglob("__init__.py")}
+    assert packages == listed
