@@ -138,6 +138,27 @@ def test_there_is_no_import_cycle():
     assert _cycles(_modules()) == []
 
 
+# The way data travels (DESIGN.md): each stage may use the ones before it, never one after.
+PIPELINE = ["sources", "idcache", "corpus", "batches", "model", "trainer", "api"]
+
+
+def _stage(module: str) -> int | None:
+    name = module.removeprefix("charrnn.").split(".")[0]
+    name = "trainer" if name == "training" else name  # the loop as a module or a package
+    return PIPELINE.index(name) if name in PIPELINE else None
+
+
+def test_imports_follow_the_way_data_travels():
+    backwards = {
+        module: sorted(i for i in imports if (_stage(i) or 0) > _stage(module))
+        for module, imports in _modules().items()
+        if _stage(module) is not None
+    }
+    assert {m: i for m, i in backwards.items() if i} == {}
+    # The model is pure: no files, devices by name or training, only its config.
+    assert _modules()["charrnn.model"] <= {"charrnn.config"}
+
+
 def test_the_checker_sees_the_imports():
     """The tests above would pass on a broken parser that finds no imports at all."""
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
