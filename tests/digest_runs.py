@@ -50,7 +50,7 @@ def _interrupted(name: str, out: str, **overrides) -> None:
     try:
         from charrnn.training import StepDone, StopRequest
     except ImportError:  # before issue 19's refactoring
-        from charrnn.trainer import StepDone, StopRequest
+        from charrnn.training import StepDone, StopRequest
 
     stop = StopRequest()
 
