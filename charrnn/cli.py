@@ -47,7 +47,7 @@ from .errors import CharRNNError, CheckpointError, CorpusError, OutputError, Usa
 from .idcache import CACHE_ENV
 from .rundir import RunDir
 from .sources import read_all
-from .trainer import (
+from .training import (
     LN2,
     MIN_VAL_STREAM,
     Evaluated,

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import charrnn.cli
 from charrnn.cli import Reporter, app
-from charrnn.trainer import Evaluated, RunStarted, StepDone
+from charrnn.training import Evaluated, RunStarted, StepDone
 
 runner = CliRunner()
 
