@@ -10,7 +10,7 @@ results.md are rewritten after every section (a kill keeps what was done):
   1 env         nvidia-smi -L, torch / CUDA / cuDNN versions, GPU name, bf16
   2 cuda_tests  pytest tests/test_cuda.py (skipped on CPU)
   3 throughput  LSTM 2x512 and 3x1024, batch 64 and 128, fp32 and bf16, window 64:
-                charrnn's own trainer.train() against a bare nn.LSTM loop (issue 9)
+                charrnn's own training.train() against a bare nn.LSTM loop (issue 9)
   4 vocab       the default model at V = 65, 2,000, 6,000 (--input auto), bf16, and
                 one-hot at 6,000 for contrast (issue 10)
   5 train       `charrnn train` on Tiny Shakespeare for 3 minutes on the GPU, then
@@ -420,12 +420,12 @@ class Bench:
                 return steps * batch * seq_len / elapsed
 
     def ours(self, corpus, model_config, batch, seq_len, precision, seconds, name):
-        """charrnn's trainer.train() (data path, autocast, clipping, the loss read back
+        """charrnn's training.train() (data path, autocast, clipping, the loss read back
         each step, the event callback): chars/s between StepDone events after warm-up.
         Stopped through its StopRequest, so no validation runs."""
         from charrnn.config import TrainConfig
         from charrnn.rundir import RunDir
-        from charrnn.trainer import StepDone, StopRequest, train
+        from charrnn.training import StepDone, StopRequest, train
 
         warm = self.warm
         config = TrainConfig(

@@ -76,7 +76,7 @@ def step_cpu_seconds(text: str, inputs: list[str], tmp: str, rounds: int = 3) ->
     from charrnn.config import ModelConfig, TrainConfig
     from charrnn.corpus import Text, build_corpus
     from charrnn.rundir import RunDir
-    from charrnn.trainer import StepDone, train
+    from charrnn.training import StepDone, train
 
     corpus = build_corpus(Text(text, "korean"), 0.1, 1)
     first, last = 3, 13

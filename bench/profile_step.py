@@ -18,7 +18,7 @@ sys.path.insert(0, ROOT)
 from charrnn.config import ModelConfig, TrainConfig  # noqa: E402
 from charrnn.corpus import build_corpus, read_text  # noqa: E402
 from charrnn.rundir import RunDir  # noqa: E402
-from charrnn.trainer import train  # noqa: E402
+from charrnn.training import train  # noqa: E402
 
 
 def main() -> None:

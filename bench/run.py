@@ -38,7 +38,7 @@ from charrnn.device import resolve_precision  # noqa: E402
 from charrnn.model import CharRNN  # noqa: E402
 from charrnn.rundir import RunDir  # noqa: E402
 from charrnn.sample import generate  # noqa: E402
-from charrnn.trainer import StepDone, train  # noqa: E402
+from charrnn.training import StepDone, train  # noqa: E402
 
 CORPUS = os.path.join(ROOT, "corpora", "tinyshakespeare.txt")
 
@@ -219,15 +219,16 @@ def naive_embedding_sample(model, length, seed=0):
 def previous_step():
     """train() with the training step as it was before charrnn/loss.py: F.cross_entropy on a
     float32 copy of the (N, V) logits, and Adam's per-tensor loop on the CPU (not fused)."""
-    import charrnn.trainer as trainer
+    import charrnn.training.loop as loop
+    import charrnn.training.prepare as prepare
 
-    saved = trainer.cross_entropy, trainer._fused
-    trainer.cross_entropy = lambda logits, targets: F.cross_entropy(logits.float(), targets)
-    trainer._fused = lambda device: {"fused": True} if device.type == "cuda" else {}
+    saved = loop.cross_entropy, prepare._fused
+    loop.cross_entropy = lambda logits, targets: F.cross_entropy(logits.float(), targets)
+    prepare._fused = lambda device: {"fused": True} if device.type == "cuda" else {}
     try:
         yield
     finally:
-        trainer.cross_entropy, trainer._fused = saved
+        loop.cross_entropy, prepare._fused = saved
 
 
 def large_vocabulary_rows(table, precision, tmp, quick):

@@ -45,8 +45,8 @@ from .request import MODEL_OPTIONS, TRAIN_OPTIONS, check_request, model_options_
 from .rundir import RunDir
 from .sample import check_seed, generate
 from .sources import resolve as resolve_sources
-from .trainer import Notice, StopRequest, TrainResult, evaluate
-from .trainer import train as train_loop
+from .training import Notice, StopRequest, TrainResult, evaluate
+from .training import train as train_loop
 from .vocab import Vocab, describe_chars, encode_in
 
 _SAMPLE = SampleConfig()  # the defaults, defined once in config.py
@@ -254,7 +254,7 @@ def _check_hooks(on_event: Any, stop: Any) -> None:
         )
     if stop is not None and not isinstance(stop, StopRequest):
         raise UsageError(
-            f"stop= must be a charrnn.trainer.StopRequest (got {pycall.shown(stop)})", "stop"
+            f"stop= must be a charrnn.training.StopRequest (got {pycall.shown(stop)})", "stop"
         )
 
 

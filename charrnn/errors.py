@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .trainer import TrainResult
+    from .training import TrainResult
 
 
 class CharRNNError(Exception):

@@ -19,7 +19,7 @@ from .config import INPUTS, MODELS, PRECISIONS, ModelConfig, SampleConfig, Train
 from .errors import CharRNNError, TrainingInterrupted, UsageError
 
 if TYPE_CHECKING:
-    from .trainer import StopRequest, TrainResult
+    from .training import StopRequest, TrainResult
 
 
 def as_text(name: str, value: Any) -> str:

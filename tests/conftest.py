@@ -13,7 +13,7 @@ import torch
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import Text, build_corpus
 from charrnn.rundir import RunDir
-from charrnn.trainer import train
+from charrnn.training import train
 from charrnn.vocab import Vocab
 
 torch.set_num_threads(1)  # small ops: threads only add overhead and noise

@@ -28,6 +28,7 @@ from charrnn.errors import CharRNNError, CorpusError, OutputError, UsageError
 from charrnn.sample import NumpyStepper, TorchStepper, feed_seed
 
 README = Path(__file__).parent.parent / "README.md"
+PYTHON_API_DOC = Path(__file__).parent.parent / "docs" / "python-api.md"
 
 
 def cli(*args: str, input: str | None = None) -> SimpleNamespace:
@@ -103,17 +104,22 @@ def test_train_returns_the_result_and_raises_instead_of_exiting(tmp_path):
 
 
 def test_the_readme_python_examples_run(tmp_path, run, monkeypatch):
-    """Every ```python block of the README's "Python API" section runs as written."""
+    """Every ```python block of the README's "Python API" section and of docs/python-api.md
+    runs as written (a block in both runs once)."""
     section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert blocks, "the README has no Python API examples"
+    readme_blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert readme_blocks, "the README has no Python API examples"
+    doc_blocks = re.findall(r"```python\n(.*?)```", PYTHON_API_DOC.read_text(), re.S)
+    assert doc_blocks, "docs/python-api.md has no examples"
+    blocks = [(b, "README.md") for b in readme_blocks]
+    blocks += [(b, "docs/python-api.md") for b in doc_blocks if b not in readme_blocks]
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "best.pt").write_bytes((run / "best.pt").read_bytes())
     (tmp_path / "corpora").mkdir()
     (tmp_path / "corpora" / "tinyshakespeare.txt").write_text(shakespeare_head(20000))
     monkeypatch.chdir(tmp_path)
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    for block, source in blocks:
+        exec(compile(block, source, "exec"), {"__name__": "readme"})
 
 
 # ---------------------------------------------------------- sampling for pipelines

@@ -25,7 +25,7 @@ import charrnn
 from charrnn.api import Prepared
 from charrnn.cli import app
 from charrnn.errors import UsageError
-from charrnn.trainer import StepDone, StopRequest
+from charrnn.training import StepDone, StopRequest
 
 # A small run's options, as a script would write them.
 SMALL = dict(

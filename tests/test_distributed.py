@@ -218,13 +218,13 @@ def test_a_killed_process_ends_the_run_at_once_with_one_message(corpus, tmp_path
 FAULT = """
 import os
 if os.environ.get("RANK") == "1":
-    from charrnn import trainer
-    step = trainer._Run.train_step
-    def failing(self, x, y):
-        if self.step == 30:
+    from charrnn.training import loop
+    learning_rate = loop.learning_rate
+    def failing(step, config, plan):
+        if step == 30:
             raise RuntimeError("injected fault at step 30")
-        return step(self, x, y)
-    trainer._Run.train_step = failing
+        return learning_rate(step, config, plan)
+    loop.learning_rate = failing
 """
 
 

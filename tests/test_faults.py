@@ -32,11 +32,11 @@ from typer.testing import CliRunner
 
 import charrnn.corpus
 import charrnn.sources
-import charrnn.trainer
+import charrnn.training.loop
 from charrnn.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from charrnn.cli import app
 from charrnn.errors import CheckpointError, TrainingError
-from charrnn.trainer import MAX_BAD_STEPS, Notice, StepDone, StopRequest
+from charrnn.training import MAX_BAD_STEPS, Notice, StepDone, StopRequest
 
 # A small corpus with a few non-ASCII characters, so a cut multi-byte character would show.
 TEXT = "the quick brown fox jumps over the lazy dog; déjà vu, naïve café. " * 30
@@ -386,7 +386,7 @@ def test_force_with_a_run_that_fails_before_its_first_save_leaves_the_old_run_in
     run_copy, corpus_file, monkeypatch
 ):
     # Every step's gradient is non-finite: the run stops with an error before any save.
-    monkeypatch.setattr(charrnn.trainer, "clip_gradients", lambda params, clip: math.nan)
+    monkeypatch.setattr(charrnn.training.loop, "clip_gradients", lambda params, clip: math.nan)
     before = file_bytes(run_copy)
     result = invoke("train", corpus_file, "--out", run_copy, *TINY, "--max-steps", "50", "--force")
     assert_error(result, 1, "non-finite", "--lr")
@@ -614,7 +614,7 @@ def test_stop_and_resume_equals_never_stopped(tmp_path, stop_at):
 
 
 def test_weights_gone_non_finite_are_never_saved(tmp_path, monkeypatch):
-    real_clip = charrnn.trainer.clip_gradients
+    real_clip = charrnn.training.loop.clip_gradients
     calls = []
 
     def poison(params, clip):  # before the optimizer step of step 8: a NaN weight
@@ -625,7 +625,7 @@ def test_weights_gone_non_finite_are_never_saved(tmp_path, monkeypatch):
                 params[0].view(-1)[0] = math.nan
         return norm
 
-    monkeypatch.setattr(charrnn.trainer, "clip_gradients", poison)
+    monkeypatch.setattr(charrnn.training.loop, "clip_gradients", poison)
     events = []
     with pytest.raises(TrainingError, match="weights became non-finite by step 10"):
         lib_run(SHORT, tmp_path, on_event=events.append, eval_every=5, dropout=0.0)
@@ -638,14 +638,14 @@ def test_weights_gone_non_finite_are_never_saved(tmp_path, monkeypatch):
 
 
 def test_persistently_non_finite_gradients_stop_the_run(tmp_path, monkeypatch):
-    real_clip = charrnn.trainer.clip_gradients
+    real_clip = charrnn.training.loop.clip_gradients
     calls = []
 
     def explode(params, clip):  # from step 6 on, every gradient is non-finite
         calls.append(1)
         return math.inf if len(calls) >= 6 else real_clip(params, clip)
 
-    monkeypatch.setattr(charrnn.trainer, "clip_gradients", explode)
+    monkeypatch.setattr(charrnn.training.loop, "clip_gradients", explode)
     events = []
     with pytest.raises(TrainingError, match=f"{MAX_BAD_STEPS} steps in a row"):
         lib_run(SHORT, tmp_path, on_event=events.append)
@@ -657,14 +657,14 @@ def test_persistently_non_finite_gradients_stop_the_run(tmp_path, monkeypatch):
 
 
 def test_one_non_finite_step_is_skipped_and_the_run_goes_on(tmp_path, monkeypatch):
-    real_clip = charrnn.trainer.clip_gradients
+    real_clip = charrnn.training.loop.clip_gradients
     calls = []
 
     def hiccup(params, clip):
         calls.append(1)
         return math.nan if len(calls) == 4 else real_clip(params, clip)
 
-    monkeypatch.setattr(charrnn.trainer, "clip_gradients", hiccup)
+    monkeypatch.setattr(charrnn.training.loop, "clip_gradients", hiccup)
     events = []
     result = lib_run(SHORT, tmp_path, on_event=events.append)
     assert result.step == 15

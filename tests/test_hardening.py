@@ -36,7 +36,7 @@ from test_faults import (  # noqa: F401
 
 from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.sample import draw
-from charrnn.trainer import StepDone, StopRequest
+from charrnn.training import StepDone, StopRequest
 
 
 def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:

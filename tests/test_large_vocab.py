@@ -14,7 +14,7 @@ import torch
 from conftest import PATTERN, run_cli, shakespeare_head, tiny_run
 from typer.testing import CliRunner
 
-import charrnn.trainer
+import charrnn.training.evaluation
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.cli import app
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
@@ -22,7 +22,7 @@ from charrnn.errors import ResourceError
 from charrnn.memory import check_memory, estimate
 from charrnn.model import CharRNN
 from charrnn.sample import generate
-from charrnn.trainer import StepDone, StopRequest, eval_chunk_len, evaluate
+from charrnn.training import StepDone, StopRequest, eval_chunk_len, evaluate
 
 DATA = Path(__file__).parent / "data"
 # Written by charrnn before --input existed (main at c03c820): `charrnn train` on the first
@@ -140,7 +140,7 @@ def test_evaluation_of_a_large_vocabulary_keeps_its_logits_under_the_bound(monke
     whole = evaluate(model, ids, torch.device("cpu"), num_streams=streams)  # chunks of 300
 
     bound = 4 * streams * vocab_size * 8  # room for 8-character chunks
-    monkeypatch.setattr(charrnn.trainer, "EVAL_LOGITS_BYTES", bound)
+    monkeypatch.setattr(charrnn.training.evaluation, "EVAL_LOGITS_BYTES", bound)
     sizes = []
     model.head.register_forward_hook(lambda m, i, out: sizes.append(out.numel() * 4))
     chunked = evaluate(model, ids, torch.device("cpu"), num_streams=streams)
@@ -150,7 +150,7 @@ def test_evaluation_of_a_large_vocabulary_keeps_its_logits_under_the_bound(monke
 
 def test_validation_chunks_shrink_with_the_vocabulary():
     assert eval_chunk_len(64, 65) == 1024  # Tiny Shakespeare: as before
-    assert 4 * 64 * eval_chunk_len(64, 6000) * 6000 <= charrnn.trainer.EVAL_LOGITS_BYTES
+    assert 4 * 64 * eval_chunk_len(64, 6000) * 6000 <= charrnn.training.evaluation.EVAL_LOGITS_BYTES
     assert eval_chunk_len(1, 2_000_000) == 8  # never zero
 
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from conftest import shakespeare_head, tiny_run
 
-import charrnn.trainer as trainer
+import charrnn.training.loop as loop
+import charrnn.training.prepare as prepare
 from charrnn import loss
 
 
@@ -51,8 +52,8 @@ def test_training_with_it_follows_the_f_cross_entropy_run(tmp_path, monkeypatch)
     # plain Adam loop, stays the same run up to float rounding.
     text = shakespeare_head(6000)
     a, _ = tiny_run(text, str(tmp_path / "a"), max_steps=30, eval_every=30)
-    monkeypatch.setattr(trainer, "cross_entropy", lambda y, t: F.cross_entropy(y.float(), t))
-    monkeypatch.setattr(trainer, "_fused", lambda device: {})
+    monkeypatch.setattr(loop, "cross_entropy", lambda y, t: F.cross_entropy(y.float(), t))
+    monkeypatch.setattr(prepare, "_fused", lambda device: {})
     b, _ = tiny_run(text, str(tmp_path / "b"), max_steps=30, eval_every=30)
     assert a.last_val_loss == pytest.approx(b.last_val_loss, abs=1e-4)
     wa = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model_state"]

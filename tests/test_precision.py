@@ -21,7 +21,7 @@ from charrnn.checkpoint import load_checkpoint, save_checkpoint, trained_precisi
 from charrnn.cli import app
 from charrnn.device import _cpuinfo_has_bf16, autocast, resolve_precision
 from charrnn.errors import UsageError
-from charrnn.trainer import Notice, RunStarted, StepDone, StopRequest
+from charrnn.training import Notice, RunStarted, StepDone, StopRequest
 
 CPU = torch.device("cpu")
 TINY = ["--hidden-size", "16", "--num-layers", "1", "--batch-size", "4", "--seq-len", "16"]

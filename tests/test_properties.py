@@ -24,7 +24,7 @@ from charrnn.errors import CorpusError
 from charrnn.model import CharRNN
 from charrnn.rundir import RunDir
 from charrnn.sample import generate
-from charrnn.trainer import train
+from charrnn.training import train
 from charrnn.vocab import Vocab, encode_array, id_dtype
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

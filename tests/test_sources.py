@@ -16,14 +16,14 @@ import torch
 from conftest import tiny_configs, tiny_run
 from test_faults import TINY, assert_error, file_bytes, invoke
 
-import charrnn.trainer
+import charrnn.training.budget
 from charrnn import idcache, sources
 from charrnn.batches import make_streams
 from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.config import ModelConfig
 from charrnn.corpus import Text, build_corpus, corpus_from_prepared
 from charrnn.rundir import RunDir
-from charrnn.trainer import Notice, RunStarted, evaluate, evaluate_segments, train, val_segments
+from charrnn.training import Notice, RunStarted, evaluate, evaluate_segments, train, val_segments
 from charrnn.vocab import encode_array
 
 TEXT = "the quick brown fox jumps over the lazy dog; déjà vu, naïve café. " * 30
@@ -191,7 +191,7 @@ def test_a_run_reports_how_many_held_out_characters_it_validates_on(tmp_path):
 
 def test_a_time_limited_validation_is_fitted_to_the_limit_once(tmp_path, monkeypatch):
     # No time at all for validating: the first validation keeps only its first chunk.
-    monkeypatch.setattr(charrnn.trainer, "VAL_TIME_SHARE", 0.0)
+    monkeypatch.setattr(charrnn.training.budget, "VAL_TIME_SHARE", 0.0)
     events = []
     text = (TEXT * 30)[:50_000]  # 5,000 held out; at most 4,000 used: one 4,000-long segment
     out = tmp_path / "o"

@@ -73,14 +73,20 @@ def test_a_signal_during_training_in_a_terminal_saves_and_stops(tmp_path, corpus
 _STUCK_SAVE = textwrap.dedent(
     """
     import sys, time
-    import charrnn.cli as cli, charrnn.cli.signals as signals, charrnn.trainer as trainer
+    import charrnn.cli as cli, charrnn.cli.signals as signals
+    import charrnn.training as training, charrnn.training.state as state
     signals.STOP_GRACE_SECONDS = 4.0
-    save = trainer._Run.save
+    save, ask = state.RunState.save, training.StopRequest.set
+    asked = []
     def stuck(self, also_best):
-        if self.stop:
+        if asked:
             time.sleep(600)
         return save(self, also_best)
-    trainer._Run.save = stuck
+    def set_and_note(self, reason="interrupted"):
+        asked.append(reason)
+        ask(self, reason)
+    state.RunState.save = stuck
+    training.StopRequest.set = set_and_note
     sys.argv = ["charrnn", *sys.argv[1:]]
     cli.main()
     """

@@ -9,9 +9,9 @@ import torch
 from conftest import shakespeare_head, tiny_run
 from typer.testing import CliRunner
 
-import charrnn.trainer
+import charrnn.training.evaluator
 from charrnn.cli import app
-from charrnn.trainer import Notice
+from charrnn.training import Notice
 
 
 def _step(path: str) -> int:
@@ -20,11 +20,11 @@ def _step(path: str) -> int:
 
 def _slow_from(monkeypatch, step: int) -> None:
     """From `step` on, a validation's first chunk is estimated at 1,000 s."""
-    real = charrnn.trainer._Run._first_chunk_estimate
+    real = charrnn.training.evaluator.Evaluator.first_chunk_estimate
     monkeypatch.setattr(
-        charrnn.trainer._Run,
-        "_first_chunk_estimate",
-        lambda self: 1000.0 if self.step >= step else real(self),
+        charrnn.training.evaluator.Evaluator,
+        "first_chunk_estimate",
+        lambda self: 1000.0 if self.progress.step >= step else real(self),
     )
 
 

@@ -14,7 +14,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from charrnn.checkpoint import load_checkpoint, model_from_checkpoint
 from charrnn.config import SampleConfig, TrainConfig
 from charrnn.sample import generate
-from charrnn.trainer import StepDone, StopRequest, clip_gradients, learning_rate, limit_steps
+from charrnn.training import StepDone, StopRequest, clip_gradients, learning_rate, limit_steps
 
 
 def test_a_tiny_repeated_corpus_is_learned_and_reproduced(tmp_path):
@@ -182,9 +182,9 @@ def test_tiny_configs_are_valid():
 def test_a_time_limited_run_replans_between_evaluations(tmp_path, monkeypatch):
     # The first plan comes from the first, slowest steps; a run with no evaluation after it
     # must still re-plan from the speed it measures, or it ends well before its time.
-    import charrnn.trainer
+    import charrnn.training.budget
 
-    monkeypatch.setattr(charrnn.trainer, "REPLAN_SECONDS", 0.2)
+    monkeypatch.setattr(charrnn.training.budget, "REPLAN_SECONDS", 0.2)
     plans = []
 
     def record(event):

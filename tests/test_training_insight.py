@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import charrnn.cli.progress
 from charrnn.cli import app
 from charrnn.cli.progress import Reporter
-from charrnn.trainer import Evaluated, RunStarted, StepDone
+from charrnn.training import Evaluated, RunStarted, StepDone
 
 runner = CliRunner()
 

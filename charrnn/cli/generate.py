@@ -16,7 +16,7 @@ from ..corpus import read_text
 from ..device import resolve_device
 from ..errors import CheckpointError, CorpusError, UsageError
 from ..sources import read_all
-from ..trainer import LN2
+from ..training import LN2
 from ..vocab import Vocab, describe_chars, describe_vocab
 from .app import DEVICE_METAVAR, app, complete_device, examples, field_default
 from .streams import Stdout, printing, warn

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from .. import api
 from ..config import SampleConfig
-from ..trainer import MIN_VAL_STREAM, Evaluated, Notice, RunStarted, StepDone
+from ..training import MIN_VAL_STREAM, Evaluated, Notice, RunStarted, StepDone
 from .app import field_default
 from .streams import err, warn
 

@@ -14,7 +14,7 @@ from ..distributed import World
 from ..rundir import RunDir
 
 if TYPE_CHECKING:
-    from ..trainer import StopRequest
+    from ..training import StopRequest
 
 signal_seen: list[str] = []  # the signal that stopped a run at once (this invocation's)
 

@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..idcache import CACHE_ENV
 from ..request import MODEL_OPTIONS, TRAIN_OPTIONS, check_request
 from ..rundir import RunDir
-from ..trainer import LN2, StopRequest
+from ..training import LN2, StopRequest
 from .app import DEVICE_METAVAR, app, complete_device, examples, field_default, option
 from .progress import Reporter, fmt_time
 from .signals import install_stop_handlers, signal_seen
