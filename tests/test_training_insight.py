@@ -15,9 +15,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import charrnn.cli.progress
+import charrnn.cli.streams
 from charrnn.cli import app
 from charrnn.cli.progress import Reporter
-from charrnn.training import Evaluated, RunStarted, StepDone
+from charrnn.training import Evaluated, Notice, RunStarted, StepDone
 
 runner = CliRunner()
 
@@ -54,6 +55,26 @@ def test_live_display_shows_the_latest_validation_loss(monkeypatch):
     assert shown and shown[-1] == "1.9550", shown
     # The panel holds the latest sample, not the first.
     assert "sample at step 680" in out and "Second" in out.split("sample at step 680")[-1]
+
+
+def test_a_warning_is_printed_above_the_live_display_which_goes_on(monkeypatch):
+    # A time-limited run's first validation is often fitted to the time (a Notice): the
+    # display used to stop there for good and fall back to plain log lines.
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=200, color_system=None)
+    monkeypatch.setattr(charrnn.cli.progress, "err", console)
+    monkeypatch.setattr(charrnn.cli.streams, "err", console)
+    reporter = Reporter(quiet=False)
+    reporter(_started())
+    reporter(_step(20, 3.5))
+    reporter(Notice("validating on 4,608 held-out characters instead of 111,534"))
+    assert reporter.display is not None  # still live
+    reporter(_step(21, 3.4))
+    reporter.stop_live()
+    out = screen.getvalue()
+    assert "warning: validating on 4,608" in out
+    assert "step     21" in out.split("warning:")[-1]  # the bar, redrawn below the warning
+    assert "grad norm" not in out  # no plain log line: the display went on
 
 
 def test_each_evaluation_logs_train_loss_and_the_same_seed_sample(tmp_path):

@@ -47,8 +47,7 @@ class Reporter:
 
     def __call__(self, event: Any) -> None:
         if isinstance(event, Notice):
-            self.stop_live()
-            warn(event.message)
+            warn(event.message)  # above the live display, which goes on
             return
         if self.quiet:
             return
