@@ -19,7 +19,7 @@ MODELS = ("lstm", "rnn", "gru")
 # How x_t enters the first layer. "onehot": the notes' model, W_xh x_t with x_t one-hot.
 # "embedding": x_t -> E x_t, a learned D-vector, then W_ih: the same model with
 # W_xh = W_ih E factored (rank <= D), which costs D instead of V multiply-adds per gate row.
-# "auto": the embedding, at every vocabulary size. Measured (README, "Large vocabularies"):
+# "auto": the embedding, at every vocabulary size. Measured (docs/large-vocabularies.md):
 # at equal compute it reached a lower validation loss than one-hot on every text tried
 # (65, 100, 170 and 560 distinct characters), and its step is the cheaper one.
 INPUTS = ("auto", "onehot", "embedding")
@@ -164,7 +164,7 @@ class TrainConfig:
     seq_len: int = 64  # characters per truncated-BPTT window
     val_fraction: float = 0.1  # the last fraction of the text, held out for validation
     # Held-out characters each validation predicts, at most: a bound on its time on big
-    # corpora (README: Validation). Tiny Shakespeare's 111,538 are all used.
+    # corpora (docs/corpora.md). Tiny Shakespeare's 111,538 are all used.
     val_chars: int = 500_000
     # optimisation
     lr: float = 4e-3  # peak Adam learning rate

@@ -73,7 +73,7 @@ def sample_cmd(
         "cpu",
         metavar=DEVICE_METAVAR,
         autocompletion=complete_device,
-        help="cpu (fastest for sampling; see README), cuda, cuda:N, mps or auto.",
+        help="cpu (fastest for sampling; see docs/performance.md), cuda, cuda:N, mps or auto.",
     ),
 ) -> None:
     """Generate text from a checkpoint and stream it to stdout."""
@@ -128,7 +128,7 @@ def _sample(
 ) -> None:
     if seed is not None and seed_file is not None:
         raise UsageError("--seed and --seed-file both give the seed: choose one")
-    device = "cpu" if device_name == "auto" else device_name  # README: the CPU samples fastest
+    device = "cpu" if device_name == "auto" else device_name  # the CPU samples fastest (docs)
     resolve_device(device)
     separator = _unescape(separator, "--separator")
     out = Stdout()
