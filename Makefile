@@ -29,12 +29,12 @@ test: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q -n 2  # two workers: the suite is CPU-bound, one thread per test
 
-# A quick look (well under a minute): the model and the training loop against the notes,
-# sampling, the CLI, and one real training run in a pseudo-terminal.
+# A quick look (about 20 s here): the model, the loss and the training loop against the
+# notes, sampling, and one real `charrnn train` in a pseudo-terminal.
 smoke: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n 2 tests/test_model.py tests/test_loss.py tests/test_sample.py \
-		tests/test_train.py tests/test_cli.py \
+		tests/test_train.py \
 		tests/test_terminal.py::test_train_in_a_terminal_shows_the_live_display_and_finishes
 
 lint: $(STAMP)
