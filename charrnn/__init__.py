@@ -24,3 +24,8 @@ def __getattr__(name: str):
 
         return getattr(api, _FROM_API[name])
     raise AttributeError(f"module 'charrnn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names too, so that a REPL's tab completion offers charrnn.load and the rest.
+    return sorted(set(globals()) | set(__all__))

@@ -43,7 +43,7 @@ from .idcache import prepare as prepare_ids
 from .model import CharRNN
 from .request import MODEL_OPTIONS, TRAIN_OPTIONS, check_request, model_options_from, resume_configs
 from .rundir import RunDir
-from .sample import check_seed, generate
+from .sample import check_seed, check_stop, generate
 from .sources import resolve as resolve_sources
 from .training import Notice, StopRequest, TrainResult, evaluate
 from .training import train as train_loop
@@ -133,6 +133,7 @@ class Model:
             )
             seed = self.default_seed if seed is None else pycall.as_text("seed", seed)
             check_seed(seed, self.vocab)
+            check_stop(config.stop_at, self.vocab)
         return config, seed
 
     def score(self, text: str, name: str = "the text") -> float:

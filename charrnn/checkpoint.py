@@ -219,6 +219,14 @@ def _check_contents(ckpt: dict[str, Any], path: str) -> None:
         or len(vocab) < 2
     ):
         raise _damaged(path, "vocab is not a sorted list of at least 2 distinct characters")
+    # A lone surrogate (half of a UTF-16 pair) can be neither printed nor read from a text
+    # file: a model that knows one would fail later, in the middle of printing a sample.
+    surrogates = [c for c in vocab if "\ud800" <= c <= "\udfff"]
+    if surrogates:
+        shown = ", ".join(f"U+{ord(c):04X}" for c in surrogates[:3])
+        raise _damaged(
+            path, f"its vocabulary holds a lone surrogate ({shown}), which no text can hold"
+        )
     for key in ("step", "epoch"):
         if key in ckpt and not (_is_int(ckpt[key]) and ckpt[key] >= 0):
             raise _damaged(path, f"{key} is {ckpt[key]!r}, not a count")

@@ -294,20 +294,32 @@ class SampleConfig:
             raise _bad("--stop-at", "--stop-at must not be empty: give the text to stop at")
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
+# One part of a duration: a number and an optional unit; '1h30m' and '1h 30m' are two parts.
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|hr|d)?\s*", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> float:
-    """'90s' / '5m' / '1.5h' / '120' (seconds) -> seconds."""
-    match = _DURATION.match(text)
-    if not match:
+    """'90s' / '5m' / '1.5h' / '1h30m' / '120' (seconds) -> seconds. Only the last part of a
+    compound duration may go without a unit (seconds): '1h30' is not guessed at."""
+    parts = list(_DURATION_PART.finditer(text))
+    ends = [0, *(p.end() for p in parts)]
+    whole = (
+        bool(parts)
+        and all(p.start() == end for p, end in zip(parts, ends[:-1], strict=True))
+        and ends[-1] == len(text)
+    )
+    if (
+        not whole
+        or any(p.group(2) is None for p in parts[:-1])
+        or (len(parts) > 1 and parts[-1].group(2) is None)
+    ):
         raise _bad(
             "--time-limit",
-            f"--time-limit {text!r} is not a duration: write e.g. 90s, 5m or 1h "
+            f"--time-limit {text!r} is not a duration: write e.g. 90s, 5m, 1h or 1h30m "
             "(a bare number is seconds)",
         )
-    seconds = float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
+    seconds = sum(float(p.group(1)) * _UNIT_SECONDS[(p.group(2) or "s").lower()] for p in parts)
     if seconds <= 0:
         raise _bad("--time-limit", f"--time-limit must be greater than 0 (got {text!r})")
     return seconds

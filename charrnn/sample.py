@@ -237,6 +237,18 @@ def check_seed(seed: str, vocab: Vocab) -> list[int]:
     return [vocab.index[c] for c in seed]
 
 
+def check_stop(stop: str | None, vocab: Vocab) -> None:
+    """A stop text the model can never generate would never end a sample (with --length 0,
+    never end the command): refused, as a seed with unknown characters is."""
+    missing = vocab.missing(stop) if stop else []
+    if missing:
+        raise UsageError(
+            f"--stop-at has characters the model never generates: {describe_chars(missing)}, "
+            "so it would never stop; use characters from the training text "
+            "(`charrnn info` lists them)"
+        )
+
+
 # Seeds longer than this are fed through the model in one batched pass (torch's fused
 # kernels), not one character at a time: a paragraph-long prompt costs milliseconds.
 FAST_SEED = 256
@@ -281,6 +293,7 @@ def generate(
     right after that text appears in what it generated.
     """
     seed_ids = check_seed(seed, vocab)
+    check_stop(config.stop_at, vocab)
     device = device or torch.device("cpu")
     num = config.num_samples
     stepper = make_stepper(model, num, device)

@@ -4,6 +4,8 @@ it holds. Their results are data, on stdout."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
 from typing import Any
 
@@ -15,10 +17,11 @@ from ..config import SampleConfig, describe_input
 from ..corpus import read_text
 from ..device import resolve_device
 from ..errors import CheckpointError, CorpusError, UsageError
-from ..sources import read_all
+from ..sources import check_encoding, read_all
 from ..training import LN2
 from ..vocab import Vocab, describe_chars, describe_vocab
 from .app import DEVICE_METAVAR, app, complete_device, examples, field_default
+from .progress import fmt_epochs
 from .streams import Stdout, printing, warn
 
 # ------------------------------------------------------------------------ sample
@@ -43,6 +46,7 @@ def sample_cmd(
     seed_file: str = typer.Option(
         None, help="Read the seed from this file (- for stdin): a long prompt, printed first."
     ),
+    encoding: str = typer.Option("utf-8", help="Text encoding of --seed-file."),
     length: int = typer.Option(
         field_default(SampleConfig, "length"),
         "--length",
@@ -80,9 +84,10 @@ def sample_cmd(
     printing(
         lambda: _sample(
             checkpoint,
-            seed,
+            None if seed is None else utf8_text(seed),
             seed_file,
-            separator,
+            encoding,
+            utf8_text(separator),
             device,
             SampleConfig(
                 length=length,
@@ -91,15 +96,41 @@ def sample_cmd(
                 top_p=top_p,
                 num_samples=num_samples,
                 random_seed=random_seed,
-                stop_at=None if stop_at is None else _unescape(stop_at, "--stop-at"),
+                stop_at=None if stop_at is None else _unescape(utf8_text(stop_at), "--stop-at"),
             ),
         )
     )
 
 
+def utf8_text(arg: str) -> str:
+    """A text option (--seed, --stop-at, --separator) as the UTF-8 its bytes almost always
+    are: under a C/POSIX locale with PYTHONUTF8=0, Python decodes `--seed é` to the escapes
+    '\\udcc3\\udca9'. Bytes that are not UTF-8 stay escaped (and are refused later). Paths
+    are left alone: the file system's encoding is the locale's."""
+    if not any("\udc80" <= c <= "\udcff" for c in arg):
+        return arg
+    try:
+        return os.fsencode(arg).decode("utf-8")
+    except (UnicodeError, ValueError):
+        return arg
+
+
+# One backslash and what follows it (a pair of backslashes is one match, so \\q is fine).
+_ESCAPE = re.compile(r"\\(?P<char>.?)", re.DOTALL)
+# What Python's string escapes start with: \\ \' \" \a \b \f \n \r \t \v \0-7 \x \u \U \N.
+_ESCAPE_CHARS = frozenset("\\'\"abfnrtv01234567xuUN\n")
+
+
 def _unescape(typed: str, flag: str) -> str:
     """Backslash escapes (\\n, \\t, \\u2014) become their characters; every other character
     stays exactly as typed, '—' and 'é' included."""
+    for match in _ESCAPE.finditer(typed):
+        if match["char"] and match["char"] not in _ESCAPE_CHARS:
+            raise UsageError(
+                f"{flag} {typed!r} has an unknown backslash escape \\{match['char']}: write "
+                f"\\\\{match['char']} for a backslash and {match['char']!r}, or use \\n, \\t, "
+                "\\xHH or \\uXXXX"
+            )
     # latin-1 + backslashreplace turns the non-latin-1 characters into \\uXXXX escapes, which
     # unicode_escape (it reads its bytes as latin-1) turns back: nothing is double-decoded.
     try:
@@ -122,6 +153,7 @@ def _sample(
     checkpoint: str,
     seed: str | None,
     seed_file: str | None,
+    encoding: str,
     separator: str,
     device_name: str,
     config: SampleConfig,
@@ -130,11 +162,12 @@ def _sample(
         raise UsageError("--seed and --seed-file both give the seed: choose one")
     device = "cpu" if device_name == "auto" else device_name  # the CPU samples fastest (docs)
     resolve_device(device)
+    check_encoding(encoding)  # a usage error even without --seed-file
     separator = _unescape(separator, "--separator")
     out = Stdout()
     model = api.load(checkpoint, device)
     if seed_file is not None:
-        seed = _read_seed(seed_file, model.vocab)
+        seed = _read_seed(seed_file, encoding, model.vocab)
     current = 0
     unflushed = 0
     last_flush = time.monotonic()
@@ -154,11 +187,11 @@ def _sample(
     out.flush()
 
 
-def _read_seed(path: str, vocab: Vocab) -> str:
+def _read_seed(path: str, encoding: str, vocab: Vocab) -> str:
     """The whole text of a --seed-file (or of stdin for -) is the seed; every character must
     be in the vocabulary, since the model has no input for any other."""
     name = "<stdin>" if path == "-" else path
-    text, warnings = read_all(path, "utf-8", role="--seed-file")  # a corpus's own checks
+    text, warnings = read_all(path, encoding, role="--seed-file")  # a corpus's own checks
     for w in warnings:
         warn(w)
     if not text:
@@ -275,7 +308,7 @@ def _info(path: str, as_json: bool) -> None:
         f"{m['dropout']}: {info['num_params']:,} parameters",
         f"input        {describe_input(model.config)}",
         f"vocabulary   {describe_vocab(vocab.chars)}",
-        f"trained      {info['step']} steps ({info['epoch']} epochs) on "
+        f"trained      {info['step']} steps ({fmt_epochs(_epochs(ckpt))} epochs) on "
         f"{info['corpus'].get('name', '?')} ({info['corpus'].get('num_chars', 0):,} chars)",
         *_files_line(info["corpus"]),
         "best val     "
@@ -290,6 +323,24 @@ def _info(path: str, as_json: bool) -> None:
             + (f": {describe_chars(list(added))}" if added else "")
         )
     out.print("\n".join(lines))
+
+
+def _epochs(ckpt: dict[str, Any]) -> float:
+    """The epochs a checkpoint has trained, with the part of the current one (as the done
+    line of `train` counts them); the completed epochs where that cannot be worked out."""
+    history = ckpt.get("history") or []
+    if history and history[-1]["step"] == ckpt.get("step"):
+        epoch = history[-1].get("epoch")
+        if isinstance(epoch, int | float) and not isinstance(epoch, bool):
+            return float(epoch)
+    try:  # the cursor's window over the windows of an epoch, laid out as batches.make_streams
+        config, cursor = ckpt["train_config"], ckpt["cursor"]
+        num_chars = ckpt["corpus"]["num_chars"]
+        num_train = num_chars - int(num_chars * config["val_fraction"])
+        windows = (num_train - 1) // config["batch_size"] // config["seq_len"]
+        return int(cursor["epoch"]) + int(cursor["window"]) / windows
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return float(ckpt.get("epoch") or 0)
 
 
 def _files_line(corpus: dict[str, Any]) -> list[str]:

@@ -29,6 +29,14 @@ def fmt_time(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def fmt_epochs(epochs: float) -> str:
+    """Epochs to two significant digits (0.031, 2.5, 23), whole numbers from 10 on: the done
+    line and `info` say the same."""
+    if not math.isfinite(epochs) or epochs >= 10:
+        return f"{epochs:.0f}"
+    return f"{float(f'{epochs:.2g}'):g}"
+
+
 class Reporter:
     """Renders training events on stderr: a live rich line on a terminal, plain log lines
     (every `log_every` seconds and at each evaluation) when stderr is a file or pipe."""

@@ -12,7 +12,14 @@ import typer
 from rich.markup import escape
 
 from .. import api
-from ..config import DEFAULT_EPOCHS, MODELS, PRECISIONS, ModelConfig, TrainConfig
+from ..config import (
+    DEFAULT_EPOCHS,
+    MODELS,
+    PRECISIONS,
+    ModelConfig,
+    TrainConfig,
+    parse_duration,
+)
 from ..distributed import LAUNCHER_ENV, World, is_reporter
 from ..errors import UsageError
 from ..idcache import CACHE_ENV
@@ -20,7 +27,7 @@ from ..request import MODEL_OPTIONS, TRAIN_OPTIONS, check_request
 from ..rundir import RunDir
 from ..training import LN2, StopRequest
 from .app import DEVICE_METAVAR, app, complete_device, examples, field_default, option
-from .progress import Reporter, fmt_time
+from .progress import Reporter, fmt_epochs, fmt_time
 from .signals import install_stop_handlers, signal_seen
 from .streams import err, guarded, unmute
 
@@ -245,10 +252,29 @@ def _train(
         best = result.best_val_loss
         best_text = f"{best:.4f} nats/char ({best / LN2:.3f} bits/char)" if best else "-"
         err.print(
-            f"done: {result.step} steps, {result.epoch:.2f} epochs in "
-            f"{fmt_time(result.elapsed)} ({result.stop_reason.replace('_', ' ')}); best "
-            f"validation loss {best_text}; checkpoints in {out}/{_unvalidated(result, out)}"
+            f"done: {result.step} steps, {fmt_epochs(result.epoch)} epochs in "
+            f"{fmt_time(result.elapsed)} ({_why(result, given)}); best "
+            f"validation loss {best_text}; checkpoints in {folder(out)}{_unvalidated(result, out)}"
         )
+
+
+def folder(path: str) -> str:
+    """A folder as the user typed it, with one trailing slash (`poems/`, never `poems//`)."""
+    return path if path.endswith(os.sep) else path + os.sep
+
+
+def _why(result: Any, given: dict[str, Any]) -> str:
+    """Why the run stopped, for the done line: a time-limited run ends early on purpose."""
+    if result.stop_reason != "time_limit":
+        return result.stop_reason.replace("_", " ")
+    limit = given.get("time_limit")  # as typed, or parsed already by the request's checks
+    limit = parse_duration(limit) if isinstance(limit, str) else limit
+    if limit is not None and limit - result.elapsed >= 1:
+        return (
+            f"time limit: ended {fmt_time(limit - result.elapsed)} before its {fmt_time(limit)}, "
+            "the margin kept for the final validation"
+        )
+    return "time limit: stopped in time for the final validation"
 
 
 def _unvalidated(result: Any, out: str) -> str:
