@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -329,3 +330,63 @@ def test_an_empty_text_or_sample_is_not_called_a_corpus(trained, tmp_path):
     r = invoke("novelty", "--corpus", empty, full)
     one_error_line(r, 1, f"corpus {empty} is empty", "the text the model trained on")
     assert "learn from" not in r.stderr
+
+
+# ------------------------------------------------------------ 16. how the plots look
+
+
+def test_the_terminal_plot_keeps_the_terminals_own_background(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import charrnn.cli.inspect as cli_inspect
+
+    screen = io.StringIO()
+    terminal = Console(
+        file=screen, force_terminal=True, color_system="256", width=100, highlight=False
+    )
+    monkeypatch.setattr(cli_inspect, "out", terminal)
+    run = write_metrics(tmp_path / "run" / "metrics.jsonl", RECORDS)
+    r = invoke("plot", run)
+    assert r.returncode == 0, r.stderr
+    drawn = screen.getvalue()
+    codes = set(re.findall(r"\x1b\[([0-9;]*)m", drawn))
+    foreground = {c for c in codes if re.fullmatch(r"3[0-7]|9[0-7]|38;.*", c)}
+    background = {c for c in codes if re.fullmatch(r"4[0-7]|10[0-7]|48;.*", c)}
+    assert foreground and not background, codes  # coloured lines, no painted canvas
+
+
+def test_log_plot_ticks_are_powers_of_ten_in_e_notation(trained, tmp_path, monkeypatch):
+    text = tmp_path / "text.txt"
+    text.write_text(shakespeare_head(400))
+    norms = [1.5e-3 * 0.5**k for k in range(21)]  # down to 1.4e-09
+    fake = {
+        "distances": list(range(21)), "norms": norms, "norms_by_layer": [norms],
+        "positions": 4, "model": "rnn",
+    }  # fmt: skip
+    monkeypatch.setattr(gradients, "gradient_reach", lambda *a, **k: fake)
+    r = invoke("gradients", os.path.join(trained, "best.pt"), text, "--max-distance", 20)
+    assert r.returncode == 0, r.stderr
+    ticks = [line.split("┤")[0].strip() for line in r.stdout.splitlines() if "┤" in line]
+    assert "1e-06" in ticks and "1e-03" in ticks, ticks
+    assert all(math.isclose(math.log10(float(t)), round(math.log10(float(t)))) for t in ticks)
+    assert "0.000" not in r.stdout
+
+
+def test_forty_runs_get_a_legend_beside_the_plot_and_no_warning(tmp_path):
+    runs = []
+    for k in range(40):
+        records = [
+            {"step": s, "val_loss": 4 - s / (10 + k), "train_loss": 4.1 - s / (9 + k)}
+            for s in (10, 20, 30)
+        ]
+        runs.append(write_metrics(tmp_path / f"run{k:02d}" / "metrics.jsonl", records))
+    image = tmp_path / "loss.png"
+    r = invoke("plot", *runs, "--out", image)
+    assert r.returncode == 0 and image.read_bytes().startswith(b"\x89PNG")
+    assert r.stderr.strip() == f"wrote {image}"  # matplotlib's layout warning is gone
+    r = invoke("plot", *runs)
+    assert r.returncode == 0
+    assert "40 runs: too many to label" in r.stderr
+    assert "run00 val" not in r.stdout and "run39: 3 evaluations" in r.stdout

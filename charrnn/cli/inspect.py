@@ -42,6 +42,7 @@ from .streams import err, printing, warn
 out = Console(highlight=False, soft_wrap=True)
 PLOT_EXTRA = curves.PLOT_EXTRA
 SHOW_CHARS = 300  # of the longest copied substring, in the table view
+MAX_LEGEND_RUNS = 6  # a terminal plot labels at most this many runs
 
 
 @contextlib.contextmanager
@@ -69,6 +70,11 @@ def _plotext():
     except ImportError:
         raise MissingExtraError(f"terminal plots need plotext: {PLOT_EXTRA}") from None
     plotext.clear_figure()
+    # The terminal's own background and text colours: the default theme paints a white
+    # canvas, glaring in a dark terminal. Only the lines keep their colours.
+    plotext.canvas_color("default")
+    plotext.axes_color("default")
+    plotext.ticks_color("default")
     return plotext
 
 
@@ -127,18 +133,26 @@ def _plot(runs: list[str], out_file: str | None) -> None:
         for w in c.warnings:
             warn(w)
     if out_file:
-        curves.write_figure(loaded, out_file)
+        for w in curves.write_figure(loaded, out_file):
+            warn(w)
         err.print(f"wrote {out_file}")
         return
     plt = _plotext()
     drawn = 0
+    labelled = len(loaded) <= MAX_LEGEND_RUNS  # more would cover the plot
     for c in loaded:
         steps, val, train_steps, train = c.finite()  # plotext cannot place NaN or inf
         if val:
-            plt.plot(steps, val, label=f"{c.name} val", marker="braille")
+            plt.plot(steps, val, label=f"{c.name} val" if labelled else None, marker="braille")
         if train:
-            plt.plot(train_steps, train, label=f"{c.name} train", marker="dot")
+            label = f"{c.name} train" if labelled else None
+            plt.plot(train_steps, train, label=label, marker="dot")
         drawn += len(val) + len(train)
+    if not labelled:
+        warn(
+            f"{len(loaded)} runs: too many to label in the terminal (the summary lines below "
+            "name them); --out FILE.png draws a legend beside the plot"
+        )
     if drawn:
         plt.title("loss in nats/char (bits/char = nats/char / 0.693)")
         plt.xlabel("step")
@@ -346,17 +360,23 @@ def _gradients(checkpoint, file, max_distance, positions, as_json, encoding) -> 
         warn(f"no plot: {e}")
         return
     series = [("h", norms, 0)] + ([("c", cell, 1)] if cell else [])  # dL_t/dc_t is 0 by design
-    drawn, dropped = 0, []
+    drawn: list[float] = []
+    dropped = []
     for label, values, first in series:
-        kept = [(k, v) for k, v in enumerate(values) if v > 0]
+        kept = [(k, math.log10(v)) for k, v in enumerate(values) if v > 0]
         if kept:
-            plt.plot([k for k, _ in kept], [v for _, v in kept], marker="braille", label=label)
-            drawn += 1
+            plt.plot([k for k, _ in kept], [y for _, y in kept], marker="braille", label=label)
+            drawn += [y for _, y in kept]
         zeros = [k for k, v in enumerate(values) if k >= first and not v > 0]
         if zeros:
             dropped.append(f"{label}: {_ranges(zeros, len(values) - 1)}: 0, underflow")
     if drawn:
-        plt.yscale("log")
+        # log10 taken here and ticks at whole powers of ten, labelled 1e-06: plotext's own
+        # log scale labels them 0.0000015.
+        low, high = math.floor(min(drawn)), math.ceil(max(drawn))
+        step = max(1, math.ceil((high - low) / 8))
+        exponents = list(range(low, high + 1, step))
+        plt.yticks(exponents, [f"{10.0**e:.0e}" for e in exponents])
         plt.title("gradient norm against distance k (log scale)")
         plt.xlabel("k (characters back)")
         out.print(Text.from_ansi(_plot_text(plt)) if out.is_terminal else _plot_text(plt))

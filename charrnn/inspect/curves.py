@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 
 from ..errors import CharRNNError, MissingExtraError, OutputError, UsageError
@@ -157,8 +158,9 @@ def unique_names(curves: list[Curve]) -> None:
             c.name = f"{c.name} ({seen[c.name]})"
 
 
-def write_figure(curves: list[Curve], path: str) -> None:
-    """Training and validation loss against steps, one colour per run, to PNG or SVG."""
+def write_figure(curves: list[Curve], path: str) -> list[str]:
+    """Training and validation loss against steps, one colour per run, to PNG or SVG.
+    Returns matplotlib's warnings as lines (a library prints nothing)."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".png", ".svg"):
         raise UsageError(f"--out {path!r}: write a .png or .svg file")
@@ -167,26 +169,52 @@ def write_figure(curves: list[Curve], path: str) -> None:
 
         matplotlib.use("Agg")  # files only: no window, no display needed
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
     except ImportError:
         raise MissingExtraError(f"writing {ext} files needs matplotlib: {PLOT_EXTRA}") from None
-    fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
-    for k, c in enumerate(curves):
-        colour = f"C{k % 10}"
-        steps, val, train_steps, train = c.finite()  # NaN/inf: said in c.warnings
-        ax.plot(steps, val, color=colour, marker="o", ms=3, label=f"{c.name} validation")
-        if train:
-            ax.plot(train_steps, train, color=colour, ls="--", label=f"{c.name} training")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/char)")
-    bits = ax.secondary_yaxis("right", functions=(lambda n: n / LN2, lambda b: b * LN2))
-    bits.set_ylabel("bits/char")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    try:
-        fig.savefig(path)
-    except OSError as e:
-        raise OutputError(
-            f"cannot write {path} ({e.strerror or e}): choose a writable path"
-        ) from None
-    finally:
-        plt.close(fig)
+    many = len(curves) > 10  # the ten tab colours would repeat: spread a colormap instead
+    colours = (
+        [matplotlib.colormaps["viridis"](k / (len(curves) - 1)) for k in range(len(curves))]
+        if many
+        else [f"C{k}" for k in range(len(curves))]
+    )
+    # One legend entry per run (its colour) and two for the line styles, beside the axes:
+    # a legend of 2 entries per run inside them covered the curves of 40 runs.
+    rows = 24
+    columns = max(1, math.ceil((len(curves) + 2) / rows))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig, ax = plt.subplots(figsize=(8 + 1.8 * columns, 4.8), layout="constrained")
+        try:
+            handles = []
+            for c, colour in zip(curves, colours, strict=True):
+                steps, val, train_steps, train = c.finite()  # NaN/inf: said in c.warnings
+                marker = None if many else "o"
+                (line,) = ax.plot(steps, val, color=colour, marker=marker, ms=3, label=c.name)
+                handles.append(line)
+                if train:
+                    ax.plot(train_steps, train, color=colour, ls="--")
+            handles += [
+                Line2D([], [], color="grey", marker="o", ms=3, label="validation"),
+                Line2D([], [], color="grey", ls="--", label="training"),
+            ]
+            ax.set_xlabel("step")
+            ax.set_ylabel("loss (nats/char)")
+            bits = ax.secondary_yaxis("right", functions=(lambda n: n / LN2, lambda b: b * LN2))
+            bits.set_ylabel("bits/char")
+            ax.grid(alpha=0.3)
+            fig.legend(
+                handles=handles,
+                loc="outside right upper",
+                ncols=columns,
+                fontsize="small" if many else None,
+                frameon=False,
+            )
+            fig.savefig(path)
+        except OSError as e:
+            raise OutputError(
+                f"cannot write {path} ({e.strerror or e}): choose a writable path"
+            ) from None
+        finally:
+            plt.close(fig)
+    return [f"matplotlib: {w.message}" for w in caught]
