@@ -365,6 +365,7 @@ def test_plot_draws_several_runs_in_the_terminal_and_to_files(tmp_path):
         assert image.read_bytes().startswith(magic)
     r = invoke("plot", a, "--out", str(tmp_path / "loss.jpg"))
     assert r.returncode == 2 and "error: --out" in r.stderr and ".png or .svg" in r.stderr
+    (tmp_path / "nothing").mkdir()  # a folder, but not a run (a missing path: test_hardening3)
     r = invoke("plot", str(tmp_path / "nothing"))
     assert r.returncode == 2 and "has no metrics.jsonl" in r.stderr
 

@@ -7,7 +7,9 @@ are data and go to stdout; progress and notices go to stderr.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -29,16 +31,18 @@ from rich.table import Table
 from rich.text import Text
 
 from ..checkpoint import load_checkpoint, model_from_checkpoint
-from ..corpus import read_text
-from ..errors import MissingExtraError, OutputError, UsageError
+from ..corpus import Text as Passage
+from ..errors import CorpusError, MissingExtraError, OutputError, UsageError
 from ..inspect import curves, gradients, neurons, novelty, page
+from ..sources import STDIN, STDIN_NAME, read_all
 from ..vocab import describe_chars, encode_in
 from .app import app
-from .streams import err, guarded, warn
+from .streams import err, printing, warn
 
 out = Console(highlight=False, soft_wrap=True)
 PLOT_EXTRA = curves.PLOT_EXTRA
 SHOW_CHARS = 300  # of the longest copied substring, in the table view
+MAX_LEGEND_RUNS = 6  # a terminal plot labels at most this many runs
 
 
 @contextlib.contextmanager
@@ -66,6 +70,11 @@ def _plotext():
     except ImportError:
         raise MissingExtraError(f"terminal plots need plotext: {PLOT_EXTRA}") from None
     plotext.clear_figure()
+    # The terminal's own background and text colours: the default theme paints a white
+    # canvas, glaring in a dark terminal. Only the lines keep their colours.
+    plotext.canvas_color("default")
+    plotext.axes_color("default")
+    plotext.ticks_color("default")
     return plotext
 
 
@@ -76,10 +85,22 @@ def _plot_text(plt) -> str:
     return text if out.is_terminal else plt.uncolorize(text)
 
 
+def _read(path: str, encoding: str, role: str, if_empty: str) -> Passage:
+    """One text read whole, in this command's words: read_text's would call a TEXT or
+    SAMPLE "corpus" and give training advice. `role` "corpus" is for novelty's --corpus,
+    the training text itself."""
+    content, warnings = read_all(path, encoding, role)
+    name = STDIN_NAME if path == STDIN else path
+    if not content:
+        label = f"corpus {name}" if role == "corpus" else name
+        raise CorpusError(f"{label} is empty: {if_empty}")
+    return Passage(text=content, name=name, warnings=warnings)
+
+
 def _model_and_ids(checkpoint: str, file: str, encoding: str):
     ckpt = load_checkpoint(checkpoint)
     model, vocab = model_from_checkpoint(ckpt, checkpoint)
-    text = read_text(file, encoding)
+    text = _read(file, encoding, "text", "give a text to run the model over")
     for w in text.warnings:
         warn(w)
     ids, missing = encode_in(vocab, text.text)
@@ -102,32 +123,57 @@ def plot_cmd(
     out_file: str = typer.Option(None, "--out", "-o", help="Write FILE.png or FILE.svg instead."),
 ) -> None:
     """Training and validation loss against steps; several runs are drawn together."""
-    guarded(lambda: _plot(runs, out_file))
+    printing(lambda: _plot(runs, out_file))
 
 
 def _plot(runs: list[str], out_file: str | None) -> None:
     loaded = [curves.read_run(r) for r in runs]
     curves.unique_names(loaded)
+    for c in loaded:
+        for w in c.warnings:
+            warn(w)
     if out_file:
-        curves.write_figure(loaded, out_file)
+        for w in curves.write_figure(loaded, out_file):
+            warn(w)
         err.print(f"wrote {out_file}")
         return
     plt = _plotext()
+    drawn = 0
+    labelled = len(loaded) <= MAX_LEGEND_RUNS  # more would cover the plot
     for c in loaded:
-        plt.plot(c.steps, c.val_loss, label=f"{c.name} val", marker="braille")
-        if c.train_loss:
-            plt.plot(c.train_steps, c.train_loss, label=f"{c.name} train", marker="dot")
-    plt.title("loss in nats/char (bits/char = nats/char / 0.693)")
-    plt.xlabel("step")
-    out.print(Text.from_ansi(_plot_text(plt)) if out.is_terminal else _plot_text(plt))
-    for c in loaded:
-        best = min(c.val_loss)
-        last_train = f"; last train {c.train_loss[-1]:.4f}" if c.train_loss else ""
-        out.print(
-            f"{c.name}: {len(c.steps)} evaluations to step {c.steps[-1]}; last val "
-            f"{c.val_loss[-1]:.4f} nats/char ({c.val_loss[-1] / curves.LN2:.3f} bits/char), best "
-            f"{best:.4f} ({best / curves.LN2:.3f} bits/char){last_train}"
+        steps, val, train_steps, train = c.finite()  # plotext cannot place NaN or inf
+        if val:
+            plt.plot(steps, val, label=f"{c.name} val" if labelled else None, marker="braille")
+        if train:
+            label = f"{c.name} train" if labelled else None
+            plt.plot(train_steps, train, label=label, marker="dot")
+        drawn += len(val) + len(train)
+    if not labelled:
+        warn(
+            f"{len(loaded)} runs: too many to label in the terminal (the summary lines below "
+            "name them); --out FILE.png draws a legend beside the plot"
         )
+    if drawn:
+        plt.title("loss in nats/char (bits/char = nats/char / 0.693)")
+        plt.xlabel("step")
+        out.print(Text.from_ansi(_plot_text(plt)) if out.is_terminal else _plot_text(plt))
+    else:
+        warn("no finite loss to draw: every evaluation diverged (NaN or inf)")
+    for c in loaded:
+        out.print(_summary(c))
+
+
+def _summary(c: curves.Curve) -> str:
+    def loss(v: float) -> str:
+        return f"{v:.4f} nats/char ({v / curves.LN2:.3f} bits/char)" if math.isfinite(v) else f"{v}"
+
+    finite = [v for v in c.val_loss if math.isfinite(v)]
+    best = f"best {loss(min(finite))}" if finite else "no finite validation loss"
+    last_train = f"; last train {c.train_loss[-1]:.4f}" if c.train_loss else ""
+    return (
+        f"{c.name}: {len(c.steps)} evaluations to step {c.steps[-1]}; last val "
+        f"{loss(c.val_loss[-1])}, {best}{last_train}"
+    )
 
 
 # ------------------------------------------------------------------------ neurons
@@ -201,7 +247,7 @@ def neurons_cmd(
     encoding: str = typer.Option("utf-8", help="Text encoding of FILE."),
 ) -> None:
     """Which units track quotes, brackets, line position, words: record every unit on a text."""
-    guarded(lambda: _neurons(checkpoint, file, top, unit, html, as_json, memory_mb, encoding))
+    printing(lambda: _neurons(checkpoint, file, top, unit, html, as_json, memory_mb, encoding))
 
 
 def _neurons(checkpoint, file, top, unit, html, as_json, memory_mb, encoding) -> None:
@@ -278,7 +324,7 @@ def gradients_cmd(
     encoding: str = typer.Option("utf-8", help="Text encoding of FILE."),
 ) -> None:
     """How far back the gradient reaches: ||dL_t/dh_{t-k}||, averaged over positions of the text."""
-    guarded(lambda: _gradients(checkpoint, file, max_distance, positions, as_json, encoding))
+    printing(lambda: _gradients(checkpoint, file, max_distance, positions, as_json, encoding))
 
 
 def _gradients(checkpoint, file, max_distance, positions, as_json, encoding) -> None:
@@ -303,7 +349,9 @@ def _gradients(checkpoint, file, max_distance, positions, as_json, encoding) -> 
     for k in shown:
         row = [str(k), f"{norms[k]:.3e}", f"{norms[k] / norms[0]:.2e}" if norms[0] else "-"]
         if cell:  # dL_t/dc_t is 0 (c_t reaches the loss only through h_t): compare to k=1
-            row += [f"{cell[k]:.3e}", f"{cell[k] / cell[1]:.2e}" if cell[1:2] != [0.0] else "-"]
+            # With --max-distance 0 there is no k=1 to compare with.
+            ref = cell[1] if len(cell) > 1 else 0.0
+            row += [f"{cell[k]:.3e}", f"{cell[k] / ref:.2e}" if ref else "-"]
         table.add_row(*row)
     out.print(table)
     try:
@@ -311,15 +359,40 @@ def _gradients(checkpoint, file, max_distance, positions, as_json, encoding) -> 
     except MissingExtraError as e:
         warn(f"no plot: {e}")
         return
-    positive = [(k, v) for k, v in zip(result["distances"], norms, strict=True) if v > 0]
-    plt.plot([k for k, _ in positive], [v for _, v in positive], marker="braille", label="h")
-    if cell:
-        kept = [(k, v) for k, v in enumerate(cell) if v > 0]
-        plt.plot([k for k, _ in kept], [v for _, v in kept], marker="braille", label="c")
-    plt.yscale("log")
-    plt.title("gradient norm against distance k (log scale)")
-    plt.xlabel("k (characters back)")
-    out.print(Text.from_ansi(_plot_text(plt)) if out.is_terminal else _plot_text(plt))
+    series = [("h", norms, 0)] + ([("c", cell, 1)] if cell else [])  # dL_t/dc_t is 0 by design
+    drawn: list[float] = []
+    dropped = []
+    for label, values, first in series:
+        kept = [(k, math.log10(v)) for k, v in enumerate(values) if v > 0]
+        if kept:
+            plt.plot([k for k, _ in kept], [y for _, y in kept], marker="braille", label=label)
+            drawn += [y for _, y in kept]
+        zeros = [k for k, v in enumerate(values) if k >= first and not v > 0]
+        if zeros:
+            dropped.append(f"{label}: {_ranges(zeros, len(values) - 1)}: 0, underflow")
+    if drawn:
+        # log10 taken here and ticks at whole powers of ten, labelled 1e-06: plotext's own
+        # log scale labels them 0.0000015.
+        low, high = math.floor(min(drawn)), math.ceil(max(drawn))
+        step = max(1, math.ceil((high - low) / 8))
+        exponents = list(range(low, high + 1, step))
+        plt.yticks(exponents, [f"{10.0**e:.0e}" for e in exponents])
+        plt.title("gradient norm against distance k (log scale)")
+        plt.xlabel("k (characters back)")
+        out.print(Text.from_ansi(_plot_text(plt)) if out.is_terminal else _plot_text(plt))
+    if dropped:
+        out.print(f"not on the log scale: {'; '.join(dropped)}")
+
+
+def _ranges(ks: list[int], last: int) -> str:
+    """Distances as short ranges: [3, 4, 5, 9] -> "k = 3..5, 9"; a tail -> "k >= 49"."""
+    if len(ks) > 1 and ks == list(range(ks[0], last + 1)):
+        return f"k >= {ks[0]}"
+    parts = []
+    for _, group in itertools.groupby(enumerate(ks), key=lambda p: p[1] - p[0]):
+        run = [k for _, k in group]
+        parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}..{run[-1]}")
+    return "k = " + ", ".join(parts)
 
 
 # ------------------------------------------------------------------------ novelty
@@ -339,7 +412,7 @@ def novelty_cmd(
     encoding: str = typer.Option("utf-8", help="Text encoding of both texts."),
 ) -> None:
     """Writing or reciting? The share of a text's n-grams found in the training text."""
-    guarded(lambda: _novelty(sample, corpus, as_json, index_path, encoding))
+    printing(lambda: _novelty(sample, corpus, as_json, index_path, encoding))
 
 
 def _novelty(
@@ -349,8 +422,13 @@ def _novelty(
         raise UsageError(
             "give the text to check as a file, or pipe it in (e.g. charrnn sample | ...)"
         )
-    train = read_text(corpus_path, encoding)
-    sample = read_text(sample_path, encoding)
+    if sample_path == STDIN and corpus_path == STDIN:
+        raise UsageError(
+            "- (stdin) can be given only once: pass the training text as a file "
+            "(--corpus FILE) and pipe the text to check in"
+        )
+    train = _read(corpus_path, encoding, "corpus", "give --corpus the text the model trained on")
+    sample = _read(sample_path, encoding, "text", "give the text to check, e.g. a sample")
     for w in train.warnings + sample.warnings:
         warn(w)
     if index_path and os.path.exists(index_path) and not novelty.is_index(index_path):
@@ -358,7 +436,11 @@ def _novelty(
             f"--index {index_path!r} exists and is not a charrnn novelty index: "
             "name a new file (e.g. corpus.sa.npy) so nothing is overwritten"
         )
-    index = novelty.load_index(train.text, index_path) if index_path else None
+    index = None
+    if index_path:
+        index, damage = novelty.open_index(train.text, index_path)
+        if damage:
+            warn(f"the index {index_path} is damaged: {damage}; rebuilding it")
     if index is None:
         if err.is_terminal:
             err.print(f"indexing {train.name} ({len(train.text):,} characters) ...")

@@ -163,6 +163,23 @@ def quiet_exit(code: int) -> NoReturn:
     raise typer.Exit(code=code)
 
 
+_rich_on_broken_pipe = Console.on_broken_pipe
+
+
+def _closed_pipe_is_success(console: Console) -> None:
+    """rich's hook for a BrokenPipeError on a console's file, for every console of the
+    process: ours and the one typer prints --help with. rich's own ends the process with
+    status 1; the reader of stdout going away (`| head -c 1`) is no failure, so this ends
+    it as `printing` does, with 0 (which matters under `set -o pipefail`)."""
+    if console.file is not sys.stdout:  # stderr: rich's own way
+        _rich_on_broken_pipe(console)
+    console.quiet = True
+    quiet_exit(0)
+
+
+Console.on_broken_pipe = _closed_pipe_is_success  # type: ignore[method-assign]
+
+
 muted: list[Any] = []  # stderr, while a non-reporting process parses its command line
 
 

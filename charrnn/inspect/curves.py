@@ -9,30 +9,80 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
-from ..errors import MissingExtraError, OutputError, UsageError
+from ..errors import CharRNNError, MissingExtraError, OutputError, UsageError
 from ..rundir import METRICS
 
 LN2 = math.log(2.0)
 PLOT_EXTRA = "pip install 'charrnn[plot]'"
 
 
+class MetricsError(CharRNNError):
+    """A file given to `plot` is not a charrnn metrics.jsonl (exit 1: the file's content)."""
+
+
 @dataclass
 class Curve:
     name: str
     steps: list[int]
-    val_loss: list[float]  # nats/char
+    val_loss: list[float]  # nats/char; NaN or inf where an evaluation diverged
     train_steps: list[int]  # the evaluations that logged a train_loss
     train_loss: list[float]
+    warnings: list[str] = field(default_factory=list)  # lines skipped, values not drawn
+
+    def finite(self) -> tuple[list[int], list[float], list[int], list[float]]:
+        """The points a plot can draw: (steps, val_loss, train_steps, train_loss), each
+        without its non-finite values."""
+        val = [(s, v) for s, v in zip(self.steps, self.val_loss, strict=True) if math.isfinite(v)]
+        train = [
+            (s, v)
+            for s, v in zip(self.train_steps, self.train_loss, strict=True)
+            if math.isfinite(v)
+        ]
+        return (
+            [s for s, _ in val],
+            [v for _, v in val],
+            [s for s, _ in train],
+            [v for _, v in train],
+        )
+
+
+def _record(line: str) -> tuple[int, float, float | None]:
+    """(step, val_loss, train_loss or None) of one metrics line; ValueError if it is not one."""
+    try:
+        record = json.loads(line)
+        step, val = int(record["step"]), float(record["val_loss"])
+        train = record.get("train_loss")
+        return step, val, None if train is None else float(train)
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+        raise ValueError(line) from None
+
+
+def _not_metrics(file: str, why: str, checkpoint: bool = False) -> MetricsError:
+    hint = "give a run folder (the --out of charrnn train) or its metrics.jsonl"
+    if checkpoint:
+        folder = os.path.dirname(file) or "."
+        hint = f"to plot a checkpoint's run, give its folder: charrnn plot {folder}"
+    return MetricsError(f"{file} is not a charrnn metrics.jsonl ({why}): {hint}")
 
 
 def read_run(path: str) -> Curve:
-    """A run folder (--out of `charrnn train`) or a metrics.jsonl file."""
+    """A run folder (--out of `charrnn train`) or a metrics.jsonl file.
+
+    A last line cut short (a run writing it now, a writer killed mid-line; also such a
+    line that a resumed run then wrote after) is skipped with a warning in `warnings`:
+    every other line must be a metrics record."""
+    if not os.path.exists(path):
+        raise MetricsError(
+            f"{path!r} not found: give a run folder (the --out of charrnn train) or its {METRICS}"
+        )
     file = os.path.join(path, METRICS) if os.path.isdir(path) else path
-    name = os.path.basename(
-        os.path.normpath(path if os.path.isdir(path) else os.path.dirname(file) or ".")
-    )
+    folder = path if os.path.isdir(path) else os.path.dirname(file) or "."
+    name = os.path.basename(os.path.abspath(folder))
+    if os.path.basename(file) != METRICS:  # e.g. lstm.jsonl: named by the file itself
+        name = os.path.splitext(os.path.basename(file))[0]
     if not os.path.exists(file):
         raise UsageError(
             f"{path!r} has no {METRICS}: give a run folder (the --out of charrnn train) "
@@ -40,27 +90,62 @@ def read_run(path: str) -> Curve:
         )
     curve = Curve(name or file, [], [], [], [])
     try:
-        with open(file, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    step, val = int(record["step"]), float(record["val_loss"])
-                except (ValueError, KeyError, TypeError):
-                    raise UsageError(
-                        f"{file}:{number} is not a charrnn metrics line (JSON with step and "
-                        "val_loss)"
-                    ) from None
-                curve.steps.append(step)
-                curve.val_loss.append(val)
-                if record.get("train_loss") is not None:
-                    curve.train_steps.append(step)
-                    curve.train_loss.append(float(record["train_loss"]))
+        with open(file, "rb") as f:
+            raw = f.read()
     except OSError as e:
-        raise UsageError(f"cannot read {file}: {e.strerror or e}") from None
+        raise MetricsError(f"cannot read {file}: {e.strerror or e}") from None
+    if raw.startswith(b"PK\x03\x04") or file.endswith(".pt"):  # torch.save writes a zip
+        raise _not_metrics(file, "it looks like a checkpoint", checkpoint=True)
+    if b"\0" in raw[:4096]:
+        raise _not_metrics(file, "binary data")
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_metrics(file, f"not UTF-8 text at byte offset {e.start}") from None
+    lines = content.split("\n")  # the last piece is "" when the file ends in a newline
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        torn = number == len(lines)  # no newline after it: the writer has not finished it
+        try:
+            step, val, train = _record(line)
+        except ValueError:
+            # A torn line that a resumed run wrote after: the whole record starts inside it.
+            tail = line.rfind('{"')
+            try:
+                step, val, train = _record(line[tail:]) if tail > 0 else _record("")
+            except ValueError:
+                if not torn:
+                    raise _not_metrics(
+                        file, f"line {number} is not JSON with step and val_loss"
+                    ) from None
+                curve.warnings.append(
+                    f"{file}:{number}: skipped a line cut short ({len(line)} characters "
+                    "without a newline: a run writing it, or a writer stopped mid-line)"
+                )
+                continue
+            curve.warnings.append(
+                f"{file}:{number}: skipped the start of a line cut short before the record "
+                "written after it"
+            )
+        curve.steps.append(step)
+        curve.val_loss.append(val)
+        if train is not None:
+            curve.train_steps.append(step)
+            curve.train_loss.append(train)
     if not curve.steps:
-        raise UsageError(f"{file} holds no evaluations yet: plot it after the first one")
+        raise MetricsError(f"{file} holds no evaluations yet: plot it after the first one")
+    for label, steps, values in (
+        ("validation", curve.steps, curve.val_loss),
+        ("training", curve.train_steps, curve.train_loss),
+    ):
+        bad = [(s, v) for s, v in zip(steps, values, strict=True) if not math.isfinite(v)]
+        if bad:
+            where = ", ".join(f"step {s} ({v})" for s, v in bad[:5])
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            curve.warnings.append(
+                f"{file}: the {label} loss is not finite at {where}{more}: left out of the plot"
+            )
     return curve
 
 
@@ -73,8 +158,9 @@ def unique_names(curves: list[Curve]) -> None:
             c.name = f"{c.name} ({seen[c.name]})"
 
 
-def write_figure(curves: list[Curve], path: str) -> None:
-    """Training and validation loss against steps, one colour per run, to PNG or SVG."""
+def write_figure(curves: list[Curve], path: str) -> list[str]:
+    """Training and validation loss against steps, one colour per run, to PNG or SVG.
+    Returns matplotlib's warnings as lines (a library prints nothing)."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".png", ".svg"):
         raise UsageError(f"--out {path!r}: write a .png or .svg file")
@@ -83,25 +169,52 @@ def write_figure(curves: list[Curve], path: str) -> None:
 
         matplotlib.use("Agg")  # files only: no window, no display needed
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
     except ImportError:
         raise MissingExtraError(f"writing {ext} files needs matplotlib: {PLOT_EXTRA}") from None
-    fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
-    for k, c in enumerate(curves):
-        colour = f"C{k % 10}"
-        ax.plot(c.steps, c.val_loss, color=colour, marker="o", ms=3, label=f"{c.name} validation")
-        if c.train_loss:
-            ax.plot(c.train_steps, c.train_loss, color=colour, ls="--", label=f"{c.name} training")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/char)")
-    bits = ax.secondary_yaxis("right", functions=(lambda n: n / LN2, lambda b: b * LN2))
-    bits.set_ylabel("bits/char")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    try:
-        fig.savefig(path)
-    except OSError as e:
-        raise OutputError(
-            f"cannot write {path} ({e.strerror or e}): choose a writable path"
-        ) from None
-    finally:
-        plt.close(fig)
+    many = len(curves) > 10  # the ten tab colours would repeat: spread a colormap instead
+    colours = (
+        [matplotlib.colormaps["viridis"](k / (len(curves) - 1)) for k in range(len(curves))]
+        if many
+        else [f"C{k}" for k in range(len(curves))]
+    )
+    # One legend entry per run (its colour) and two for the line styles, beside the axes:
+    # a legend of 2 entries per run inside them covered the curves of 40 runs.
+    rows = 24
+    columns = max(1, math.ceil((len(curves) + 2) / rows))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig, ax = plt.subplots(figsize=(8 + 1.8 * columns, 4.8), layout="constrained")
+        try:
+            handles = []
+            for c, colour in zip(curves, colours, strict=True):
+                steps, val, train_steps, train = c.finite()  # NaN/inf: said in c.warnings
+                marker = None if many else "o"
+                (line,) = ax.plot(steps, val, color=colour, marker=marker, ms=3, label=c.name)
+                handles.append(line)
+                if train:
+                    ax.plot(train_steps, train, color=colour, ls="--")
+            handles += [
+                Line2D([], [], color="grey", marker="o", ms=3, label="validation"),
+                Line2D([], [], color="grey", ls="--", label="training"),
+            ]
+            ax.set_xlabel("step")
+            ax.set_ylabel("loss (nats/char)")
+            bits = ax.secondary_yaxis("right", functions=(lambda n: n / LN2, lambda b: b * LN2))
+            bits.set_ylabel("bits/char")
+            ax.grid(alpha=0.3)
+            fig.legend(
+                handles=handles,
+                loc="outside right upper",
+                ncols=columns,
+                fontsize="small" if many else None,
+                frameon=False,
+            )
+            fig.savefig(path)
+        except OSError as e:
+            raise OutputError(
+                f"cannot write {path} ({e.strerror or e}): choose a writable path"
+            ) from None
+        finally:
+            plt.close(fig)
+    return [f"matplotlib: {w.message}" for w in caught]

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from ..errors import MissingExtraError, OutputError, UsageError
 NGRAM_SIZES = (5, 10, 20, 40)
 # Bytes of the query compared in one binary search; doubled for longer copies.
 _QUERY_BYTES = 512
+_CRC_CHUNK_BYTES = 1 << 24  # the saved array is checksummed 16 MiB at a time
 
 
 @dataclass
@@ -72,7 +74,12 @@ class CorpusIndex:
         """Write the suffix array to `path` (.npy) and its key to `path`.json, atomically:
         an interrupted save never leaves a file that looks whole."""
         folder = os.path.dirname(os.path.abspath(path))
-        meta = {"key": self.key(), "bytes": self.size, "dtype": str(self.sa.dtype)}
+        meta = {
+            "key": self.key(),
+            "bytes": self.size,
+            "dtype": str(self.sa.dtype),
+            "crc32": _array_crc(self.sa),
+        }
         try:
             for target, write in ((path, self._write_array), (path + ".json", _writer(meta))):
                 fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
@@ -136,20 +143,50 @@ def is_index(path: str) -> bool:
 
 
 def load_index(text: str, path: str) -> CorpusIndex | None:
-    """The index saved at `path` if it was built from exactly this text, else None. The
-    array is memory-mapped: opening it costs a hash of the text, not a rebuild."""
+    """The index saved at `path` if it was built from exactly this text and is intact,
+    else None (see `open_index` for why)."""
+    return open_index(text, path)[0]
+
+
+def open_index(text: str, path: str) -> tuple[CorpusIndex | None, str | None]:
+    """(the index saved at `path`, None) if it was built from exactly this text and its
+    array is the one saved; else (None, None) where there is no index or it belongs to
+    another text, and (None, why) where it is damaged. The array is memory-mapped; opening
+    it costs a hash of the text and one CRC-32 pass over the array, not a rebuild.
+
+    The text's key alone would trust an array altered in place (zeroed, permuted: the same
+    size), and a wrong suffix array answers every query silently wrong."""
     try:
         with open(path + ".json", encoding="utf-8") as f:
             meta = json.load(f)
-        sa = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError):
-        return None
+        return None, None
     data = text.encode("utf-8")
+    if not isinstance(meta, dict) or meta.get("key") != _content_key(data):
+        return None, None  # none, or built from another text: rebuilt, nothing is wrong
+    try:
+        sa = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        return None, f"its array cannot be read ({type(e).__name__})"
     if meta.get("bytes") != len(data) or sa.shape != (len(data),):
-        return None
-    if meta.get("key") != _content_key(data):
-        return None
-    return CorpusIndex(text, suffix_array=sa)
+        return None, f"its array holds {sa.size} entries instead of {len(data)} (truncated)"
+    if str(sa.dtype) != meta.get("dtype") or sa.dtype.kind not in "iu":
+        return None, f"its array is {sa.dtype} instead of {meta.get('dtype')}"
+    if "crc32" not in meta:
+        return None, "it has no checksum (written by an older charrnn)"
+    if _array_crc(sa) != meta["crc32"]:
+        return None, "its checksum does not match (the array was changed)"
+    return CorpusIndex(text, suffix_array=sa), None
+
+
+def _array_crc(sa: np.ndarray) -> int:
+    """CRC-32 of the array's bytes, read in bounded chunks (the array may be mapped)."""
+    flat = sa.reshape(-1)
+    step = max(1, _CRC_CHUNK_BYTES // max(1, flat.itemsize))
+    crc = 0
+    for i in range(0, len(flat), step):
+        crc = zlib.crc32(memoryview(np.ascontiguousarray(flat[i : i + step])).cast("B"), crc)
+    return crc
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
