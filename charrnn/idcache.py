@@ -35,6 +35,7 @@ import torch
 
 from . import sources as _sources
 from .errors import CacheError, CorpusError
+from .filemode import shared_mode
 from .sources import FileDecoder, Sources, decoder_warnings, read_chunks
 from .vocab import Vocab, id_dtype
 
@@ -293,6 +294,12 @@ class _Provisional:
 
 def _temp(folder: str, suffix: str) -> BinaryIO:
     fd, path = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    try:
+        shared_mode(fd)  # a shared cache folder is read by others: not mkstemp's 0600
+    except OSError:
+        os.close(fd)
+        os.unlink(path)
+        raise
     f = os.fdopen(fd, "w+b")
     f.temp_path = path  # type: ignore[attr-defined]
     return f

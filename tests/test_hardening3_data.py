@@ -1,0 +1,45 @@
+"""Hardening, round three (issue 23): the data side, the checkpoint's write side, the run.
+
+Each test reproduces what the issue found and checks the behaviour that fixes it.
+"""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_faults import SUB_ENV, TEXT, TINY, assert_error, invoke  # noqa: F401
+
+
+def cli(*args, env=None, umask: str | None = None, cwd=None) -> subprocess.CompletedProcess:
+    """`python -m charrnn ARGS` in a subprocess (under `umask` when given), text out."""
+    command = [sys.executable, "-m", "charrnn", *map(str, args)]
+    if umask is not None:
+        command = ["sh", "-c", f'umask {umask} && exec "$@"', "sh", *command]
+    return subprocess.run(
+        command, env=env or SUB_ENV, capture_output=True, text=True, timeout=120, cwd=cwd
+    )
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# ------------------------------------------------------------- 12: the files' mode
+
+
+@pytest.mark.parametrize(("umask", "expected"), [("022", 0o644), ("077", 0o600)])
+def test_checkpoints_and_cache_entries_follow_the_umask(tmp_path, umask, expected):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    env = {**SUB_ENV, "CHARRNN_CACHE_DIR": str(cache)}
+    args = ["train", corpus, "--out", out, *TINY, "--max-steps", "2", "--quiet"]
+    result = cli(*args, env=env, umask=umask)
+    assert result.returncode == 0, result.stderr
+    written = [out / "last.pt", out / "best.pt", *sorted(cache.iterdir())]
+    assert len(written) == 4  # the two checkpoints, the entry's .ids and .json
+    assert {p.name: mode(p) for p in written} == {p.name: expected for p in written}
