@@ -43,3 +43,24 @@ def test_checkpoints_and_cache_entries_follow_the_umask(tmp_path, umask, expecte
     written = [out / "last.pt", out / "best.pt", *sorted(cache.iterdir())]
     assert len(written) == 4  # the two checkpoints, the entry's .ids and .json
     assert {p.name: mode(p) for p in written} == {p.name: expected for p in written}
+
+
+# ------------------------------------------- 10: a resumed run on the wrong process count
+
+
+def test_a_resumed_run_on_a_process_count_that_does_not_divide_names_the_counts_that_do():
+    from charrnn.distributed import World, check_batch
+    from charrnn.errors import UsageError
+
+    with pytest.raises(UsageError) as caught:
+        check_batch(4, World(size=3, launched=True), resumed=True)
+    message = str(caught.value)
+    # Not "--batch-size": a resumed run cannot change it. The process counts that work:
+    assert "give a multiple" not in message and "resume it on 1, 2 or 4 processes" in message
+    for count in (1, 2, 4):
+        check_batch(4, World(size=count, launched=True), resumed=True)
+    with pytest.raises(UsageError, match="resume it on 1 or 5 processes"):
+        check_batch(5, World(size=2, launched=True), resumed=True)
+    # A new run may still change its batch size, and is told so.
+    with pytest.raises(UsageError, match="give a multiple of 3"):
+        check_batch(4, World(size=3, launched=True))
