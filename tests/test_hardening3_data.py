@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_faults import SUB_ENV, TEXT, TINY, assert_error, invoke  # noqa: F401
+from test_faults import SUB_ENV, TEXT, TINY, assert_error, invoke
 
 
 def cli(*args, env=None, umask: str | None = None, cwd=None) -> subprocess.CompletedProcess:
@@ -64,3 +64,49 @@ def test_a_resumed_run_on_a_process_count_that_does_not_divide_names_the_counts_
     # A new run may still change its batch size, and is told so.
     with pytest.raises(UsageError, match="give a multiple of 3"):
         check_batch(4, World(size=3, launched=True))
+
+
+# ------------------------------------------------- 11: a held-out part that is too small
+
+
+def test_a_tiny_val_fraction_says_to_raise_it_and_the_fraction_it_names_works(tmp_path):
+    import re
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "out"
+    line = assert_error(
+        invoke("train", corpus, "--out", out, *TINY, "--val-fraction", "1e-9"),
+        1,
+        "too little for validation",
+        "raise --val-fraction to",
+    )
+    assert "--batch-size" not in line and "2000000001" not in line  # not 2e9 characters
+    fraction = re.search(r"raise --val-fraction to (\S+) or more", line).group(1)
+    result = invoke(
+        "train", corpus, "--out", out, *TINY, "--val-fraction", fraction, "--max-steps", "1"
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_a_tiny_val_fraction_on_a_short_corpus_names_a_fraction_and_a_length_that_work(
+    tmp_path,
+):
+    import re
+
+    short = tmp_path / "short.txt"
+    short.write_text("abcdef" * 5)
+    line = assert_error(
+        invoke("train", short, "--out", tmp_path / "out", *TINY, "--val-fraction", "1e-9"),
+        1,
+        "raise --val-fraction",
+    )
+    match = re.search(r"to (\S+), say\) and give at least (\d+) characters", line)
+    fraction, need = match.group(1), int(match.group(2))
+    enough = tmp_path / "enough.txt"
+    enough.write_text(("abcdef" * need)[:need])
+    result = invoke(
+        "train", enough, "--out", tmp_path / "o2", *TINY, "--val-fraction", fraction,
+        "--max-steps", "1", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
