@@ -5,6 +5,7 @@ Each test reproduces what the issue found and checks the behaviour that fixes it
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
@@ -110,3 +111,48 @@ def test_a_tiny_val_fraction_on_a_short_corpus_names_a_fraction_and_a_length_tha
         "--max-steps", "1", "--quiet",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+# ------------------------------------------------------- 20: where the id cache goes
+
+
+def test_an_empty_home_is_looked_up_not_taken_as_the_root(monkeypatch, tmp_path):
+    import pwd
+
+    from charrnn import idcache
+    from charrnn.errors import CacheError
+
+    monkeypatch.delenv("CHARRNN_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", "")
+    home = pwd.getpwuid(os.getuid()).pw_dir
+    assert idcache.default_cache_dir() == os.path.join(home, ".cache", "charrnn")
+    assert not idcache.default_cache_dir().startswith("/.cache")
+
+    class NoEntry:
+        pw_dir = "/"
+
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: NoEntry())
+    with pytest.raises(CacheError, match="pass --cache-dir"):
+        idcache.default_cache_dir()
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path))  # the fix the message names
+    assert idcache.default_cache_dir() == str(tmp_path)
+
+
+def test_a_relative_xdg_cache_home_is_ignored_as_the_spec_says(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    env = {k: v for k, v in SUB_ENV.items() if k != "CHARRNN_CACHE_DIR"}
+    env.update(HOME=str(home), XDG_CACHE_HOME="relative-cache")
+    args = ["train", corpus, "--out", tmp_path / "out", *TINY, "--max-steps", "1", "--quiet"]
+    result = cli(*args, env=env, cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert list(work.iterdir()) == []  # nothing in the current folder
+    assert len(list((home / ".cache" / "charrnn").glob("*.ids"))) == 1
+    # An absolute one is used.
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    assert cli(*args, "--force", env=env, cwd=work).returncode == 0
+    assert len(list((tmp_path / "xdg" / "charrnn").glob("*.ids"))) == 1
