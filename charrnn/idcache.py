@@ -158,6 +158,8 @@ def load(folder: str, key: str) -> tuple[Prepared | None, str | None]:
     ids_path, meta_path = _entry_paths(folder, key)
     if not os.path.exists(meta_path):
         return None, None
+    if not os.path.isfile(meta_path):
+        return None, f"{os.path.basename(meta_path)} is not a file"
     try:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
@@ -169,6 +171,9 @@ def load(folder: str, key: str) -> tuple[Prepared | None, str | None]:
         if len(vocab) != meta["vocab_size"] or dtype.name not in ("uint8", "int16", "int32"):
             return None, "its description is damaged"
         expected = num_chars * dtype.itemsize
+        if not os.path.isfile(ids_path):
+            what = "a folder, not a file" if os.path.isdir(ids_path) else "missing"
+            return None, f"{os.path.basename(ids_path)} is {what}"
         actual = os.path.getsize(ids_path)
         if actual != expected:
             return None, f"it is {actual} bytes instead of {expected} (truncated)"
@@ -363,6 +368,7 @@ def build(sources: Sources, encoding: str, folder: str) -> Prepared:
         final.flush()
         warnings = decoder_warnings(decoded)
         ids_path, meta_path = _entry_paths(folder, key)
+        _check_not_folders(ids_path, meta_path)
         os.replace(final.temp_path, ids_path)  # type: ignore[attr-defined]
         final.close()
         meta = {
@@ -398,6 +404,16 @@ def build(sources: Sources, encoding: str, folder: str) -> Prepared:
     )
 
 
+def _check_not_folders(*paths: str) -> None:
+    # A folder where an entry's file belongs is someone's, not damage to rebuild over.
+    for path in paths:
+        if os.path.isdir(path):
+            raise CacheError(
+                f"the id cache entry {path} is a folder, not a file: move or remove it "
+                f"(rm -r {path}), or pass --cache-dir (or set {CACHE_ENV}) to another folder"
+            )
+
+
 def _write_meta(folder: str, meta_path: str, meta: dict[str, Any]) -> None:
     # Written last and renamed into place: an entry with its meta file is complete.
     meta_tmp = _temp(folder, ".json")
@@ -415,7 +431,11 @@ def _cache_error(folder: str, e: OSError, sources: Sources) -> CacheError:
             f"no space left on the device while writing the id cache in {folder!r} (it needs "
             f"about 1 byte per character of {sources.name}): free some space or {fix}"
         )
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if e.errno == errno.EROFS:
+        return CacheError(
+            f"cannot write the id cache in {folder!r} (it is on a read-only file system): {fix}"
+        )
+    if e.errno in (errno.EACCES, errno.EPERM):
         return CacheError(f"cannot write the id cache in {folder!r} (permission denied): {fix}")
     return CacheError(f"cannot write the id cache in {folder!r} ({e.strerror or e}): {fix}")
 

@@ -5,6 +5,7 @@ Each test reproduces what the issue found and checks the behaviour that fixes it
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -156,3 +157,78 @@ def test_a_relative_xdg_cache_home_is_ignored_as_the_spec_says(tmp_path):
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
     assert cli(*args, "--force", env=env, cwd=work).returncode == 0
     assert len(list((tmp_path / "xdg" / "charrnn").glob("*.ids"))) == 1
+
+
+# ----------------------------------------------- 21: cache folders, entries, lineage
+
+
+def test_a_read_only_cache_folder_is_called_read_only_not_permission_denied(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from charrnn import idcache
+    from charrnn.errors import CacheError
+    from charrnn.sources import resolve as resolve_sources
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(CacheError) as caught:
+        idcache.prepare(resolve_sources([str(corpus)], "utf-8"), "utf-8", str(tmp_path / "c"))
+    message = str(caught.value)
+    assert "read-only file system" in message and "permission denied" not in message
+    assert "pass --cache-dir" in message
+
+
+def test_a_cache_entry_that_is_a_folder_is_named_as_one_and_left_alone(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    cache = tmp_path / "cache"
+    args = ["train", corpus, "--out", tmp_path / "out", *TINY, "--max-steps", "1", "--quiet"]
+    args += ["--cache-dir", cache]
+    assert invoke(*args).exit_code == 0
+    (ids,) = cache.glob("*.ids")
+    ids.unlink()
+    ids.mkdir()
+    (ids / "keep.txt").write_text("mine")
+    result = invoke(*args, "--force")
+    line = assert_error(result, 1, "is a folder, not a file", f"rm -r {ids}", "--cache-dir")
+    assert "truncated" not in result.stderr and "Is a directory" not in line
+    assert (ids / "keep.txt").read_text() == "mine"  # nothing lost
+    assert sorted(p.name for p in cache.iterdir()) == sorted([ids.name, ids.stem + ".json"])
+    # The fix the message names works.
+    import shutil
+
+    shutil.rmtree(ids)
+    assert invoke(*args, "--force").exit_code == 0
+
+
+def test_info_of_a_fine_tune_whose_source_was_replaced_says_the_file_is_another_model(tmp_path):
+    from charrnn.checkpoint import load_checkpoint
+    from charrnn.finetune import weights_digest
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    run = tmp_path / "run"
+    base = ["train", corpus, "--out", run, *TINY, "--max-steps", "2", "--quiet"]
+    assert invoke(*base).exit_code == 0
+    source = run / "last.pt"
+    digest = weights_digest(load_checkpoint(str(source))["model_state"])
+    # A fine-tune elsewhere: its source file still holds the source model.
+    tuned = tmp_path / "tuned"
+    tune = ["--init-from", source, "--max-steps", "2", "--quiet", "--device", "cpu"]
+    assert invoke("train", corpus, "--out", tuned, *tune).exit_code == 0
+    result = invoke("info", tuned / "last.pt")
+    assert result.exit_code == 0, result.output
+    assert f"sha256 {digest[:16]}; that file still holds them" in result.stdout
+    # A fine-tune with --force into the source's own folder replaces the source.
+    result = invoke("train", corpus, "--out", run, *tune, "--force")
+    assert result.exit_code == 0, result.output
+    result = invoke("info", run / "last.pt")
+    assert f"sha256 {digest[:16]}; that file now holds a different model" in result.stdout
+    entry = json.loads(invoke("info", run / "last.pt", "--json").stdout)["lineage"][0]
+    assert entry["weights_sha256"] == digest and "different model" in entry["source_now"]
