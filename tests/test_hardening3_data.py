@@ -232,3 +232,87 @@ def test_info_of_a_fine_tune_whose_source_was_replaced_says_the_file_is_another_
     assert f"sha256 {digest[:16]}; that file now holds a different model" in result.stdout
     entry = json.loads(invoke("info", run / "last.pt", "--json").stdout)["lineage"][0]
     assert entry["weights_sha256"] == digest and "different model" in entry["source_now"]
+
+
+# ------------------------------------------- 15: a training-loss curve between evaluations
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_training_loss_is_logged_for_a_curve_once_per_step_even_across_a_resume(tmp_path):
+    from conftest import shakespeare_head, tiny_run
+
+    from charrnn.checkpoint import load_checkpoint
+    from charrnn.inspect.curves import read_run
+    from charrnn.training import StepDone, StopRequest
+    from charrnn.training.evaluator import TRAIN_LOSS_EVERY
+
+    assert TRAIN_LOSS_EVERY == 25
+    text = shakespeare_head(6000)
+    small = {"hidden_size": 16, "num_layers": 1, "max_steps": 110, "eval_every": 100}
+    full = tmp_path / "full"
+    tiny_run(text, str(full), **small)
+    records = _records(full)
+    train = {r["step"]: r["train_loss"] for r in records if "val_loss" not in r}
+    assert list(train) == [25, 50, 75, 100]  # a point every 25 steps, not only at evaluations
+    assert [r["step"] for r in records if "val_loss" in r] == [100, 110]
+    assert train[100] < train[25]  # it learns: the curve goes down
+    curve = read_run(str(full))
+    assert (curve.train_steps, curve.train_loss) == (list(train), list(train.values()))
+    assert curve.steps == [100, 110]
+
+    # Stopped at step 50 and resumed: each step logged once, the values of the run never
+    # stopped. A killed run that had logged step 75 past its last.pt: not logged twice.
+    for killed in (False, True):
+        part = tmp_path / f"part-{killed}"
+        stop = StopRequest()
+
+        def stop_at_50(event, stop=stop):
+            if isinstance(event, StepDone) and event.step == 50:
+                stop.set("SIGINT")
+
+        result, _ = tiny_run(text, str(part), stop=stop, on_event=stop_at_50, **small)
+        assert result.step == 50
+        if killed:
+            with open(part / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": 75, "train_loss": train[75]}) + "\n")
+        tiny_run(text, str(part), resume=load_checkpoint(str(part / "last.pt")))
+        again = {r["step"]: r["train_loss"] for r in _records(part) if "val_loss" not in r}
+        steps = [r["step"] for r in _records(part) if "val_loss" not in r]
+        assert steps == [25, 50, 75, 100] and again == train
+
+
+def test_plot_reads_a_metrics_file_from_before_the_training_loss_lines(tmp_path):
+    from charrnn.inspect.curves import read_run
+
+    old = [
+        {"step": 10, "val_loss": 3.0, "train_loss": 3.2},
+        {"step": 20, "val_loss": 2.5, "train_loss": 2.7},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    curve = read_run(str(tmp_path))
+    assert curve.steps == [10, 20] and curve.val_loss == [3.0, 2.5]
+    assert curve.train_steps == [10, 20] and curve.train_loss == [3.2, 2.7]
+
+
+def test_a_force_run_that_fails_before_its_first_save_leaves_the_old_metrics_alone(tmp_path):
+    from conftest import shakespeare_head, tiny_run
+
+    from charrnn.training import StepDone
+
+    text = shakespeare_head(6000)
+    out = tmp_path / "run"
+    tiny_run(text, str(out), hidden_size=16, num_layers=1, max_steps=4, eval_every=2)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+
+    def crash_at_60(event):
+        if isinstance(event, StepDone) and event.step == 60:
+            raise RuntimeError("crash")
+
+    small = {"hidden_size": 16, "num_layers": 1, "max_steps": 200, "eval_every": 100}
+    with pytest.raises(RuntimeError, match="crash"):
+        tiny_run(text, str(out), on_event=crash_at_60, **small)  # lines at 25, 50 held
+    after = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    assert after == before

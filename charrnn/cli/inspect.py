@@ -114,9 +114,10 @@ def _plot(runs: list[str], out_file: str | None) -> None:
         return
     plt = _plotext()
     for c in loaded:
-        plt.plot(c.steps, c.val_loss, label=f"{c.name} val", marker="braille")
+        plt.plot(c.steps, c.val_loss, label=f"{c.name} {curves.VAL_LABEL}", marker="braille")
         if c.train_loss:
-            plt.plot(c.train_steps, c.train_loss, label=f"{c.name} train", marker="dot")
+            label = f"{c.name} {curves.TRAIN_LABEL}"
+            plt.plot(c.train_steps, c.train_loss, label=label, marker="dot")
     plt.title("loss in nats/char (bits/char = nats/char / 0.693)")
     plt.xlabel("step")
     out.print(Text.from_ansi(_plot_text(plt)) if out.is_terminal else _plot_text(plt))

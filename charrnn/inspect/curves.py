@@ -16,6 +16,10 @@ from ..rundir import METRICS
 
 LN2 = math.log(2.0)
 PLOT_EXTRA = "pip install 'charrnn[plot]'"
+# Which line is which: the held-out text scored at each evaluation, and the loss of the
+# training windows themselves, each point the mean over the steps since the one before.
+VAL_LABEL = "validation (held-out text, at each evaluation)"
+TRAIN_LABEL = "training (mean over the steps since the point before)"
 
 
 @dataclass
@@ -23,7 +27,9 @@ class Curve:
     name: str
     steps: list[int]
     val_loss: list[float]  # nats/char
-    train_steps: list[int]  # the evaluations that logged a train_loss
+    # Training loss: the metrics' training-loss lines (every few dozen steps) where the
+    # run wrote them, else (older runs) the mean since the last evaluation, at each one.
+    train_steps: list[int]
     train_loss: list[float]
 
 
@@ -39,6 +45,7 @@ def read_run(path: str) -> Curve:
             "or its metrics.jsonl"
         )
     curve = Curve(name or file, [], [], [], [])
+    often: tuple[list[int], list[float]] = ([], [])  # the training-loss lines
     try:
         with open(file, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
@@ -46,6 +53,10 @@ def read_run(path: str) -> Curve:
                     continue
                 try:
                     record = json.loads(line)
+                    if "val_loss" not in record and "train_loss" in record:
+                        often[0].append(int(record["step"]))
+                        often[1].append(float(record["train_loss"]))
+                        continue
                     step, val = int(record["step"]), float(record["val_loss"])
                 except (ValueError, KeyError, TypeError):
                     raise UsageError(
@@ -59,6 +70,8 @@ def read_run(path: str) -> Curve:
                     curve.train_loss.append(float(record["train_loss"]))
     except OSError as e:
         raise UsageError(f"cannot read {file}: {e.strerror or e}") from None
+    if often[0]:
+        curve.train_steps, curve.train_loss = often
     if not curve.steps:
         raise UsageError(f"{file} holds no evaluations yet: plot it after the first one")
     return curve
@@ -88,9 +101,11 @@ def write_figure(curves: list[Curve], path: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
     for k, c in enumerate(curves):
         colour = f"C{k % 10}"
-        ax.plot(c.steps, c.val_loss, color=colour, marker="o", ms=3, label=f"{c.name} validation")
+        label = f"{c.name} {VAL_LABEL}"
+        ax.plot(c.steps, c.val_loss, color=colour, marker="o", ms=3, label=label)
         if c.train_loss:
-            ax.plot(c.train_steps, c.train_loss, color=colour, ls="--", label=f"{c.name} training")
+            label = f"{c.name} {TRAIN_LABEL}"
+            ax.plot(c.train_steps, c.train_loss, color=colour, ls="--", label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/char)")
     bits = ax.secondary_yaxis("right", functions=(lambda n: n / LN2, lambda b: b * LN2))
