@@ -29,12 +29,13 @@ test: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q -n 2  # two workers: the suite is CPU-bound, one thread per test
 
-# A quick look (about 20 s here): the model, the loss and the training loop against the
-# notes, sampling, and one real `charrnn train` in a pseudo-terminal.
+# A quick check of an install (about 25 s on an idle machine): every command once on a tiny
+# model (tests/test_smoke.py), the model, the loss and the training loop against the notes,
+# sampling, and one real `charrnn train` in a pseudo-terminal. `make test` is everything.
 smoke: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n 2 tests/test_model.py tests/test_loss.py tests/test_sample.py \
-		tests/test_train.py \
+	$(PY) -m pytest -q -n 2 tests/test_smoke.py tests/test_model.py tests/test_loss.py \
+		tests/test_sample.py tests/test_train.py \
 		tests/test_terminal.py::test_train_in_a_terminal_shows_the_live_display_and_finishes
 
 lint: $(STAMP)

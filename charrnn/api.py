@@ -350,7 +350,7 @@ def _run(
     ckpt = world.broadcast(world.together(lambda: _open_run(world, run_dir, r.resume, r.force)))
     if r.resume:
         model_config, train_config = resume_configs(*check_resumable(ckpt, run_dir.last), r.given)
-        check_batch(train_config.batch_size, world)
+        check_batch(train_config.batch_size, world, resumed=True)
     for notice in sources.notices:
         emit(Notice(notice))
     prepared = _prepare(world, sources, r.encoding, r.cache_dir, emit)

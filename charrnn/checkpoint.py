@@ -51,6 +51,7 @@ import torch
 from . import __version__
 from .config import ModelConfig, TrainConfig
 from .errors import CheckpointError, UsageError
+from .filemode import shared_mode
 from .model import CharRNN, parameter_shapes, tensor_count
 from .vocab import Vocab
 
@@ -71,6 +72,7 @@ def write_temporary(ckpt: dict[str, Any], path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
     try:
+        shared_mode(fd)
         with os.fdopen(fd, "wb") as f:
             torch.save(ckpt, f)
             f.flush()

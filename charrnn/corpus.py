@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,17 @@ class Corpus:
 def split_sizes(num_chars: int, val_fraction: float) -> tuple[int, int]:
     num_val = int(num_chars * val_fraction)
     return num_chars - num_val, num_val
+
+
+def _fraction_holding(num_chars: int, count: int) -> float:
+    """The smallest --val-fraction, rounded up to two significant digits, that holds out
+    at least `count` of `num_chars` characters."""
+    fraction = count / num_chars
+    digits = 1 - math.floor(math.log10(fraction))
+    fraction = math.ceil(fraction * 10**digits) / 10**digits
+    while split_sizes(num_chars, fraction)[1] < count:  # float rounding in int(n * f)
+        fraction = math.nextafter(fraction, 1.0)
+    return fraction
 
 
 def build_corpus(
@@ -176,6 +188,24 @@ def _split(
     name: str, ids: torch.Tensor, val_fraction: float, min_train_chars: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     num_train, num_val = split_sizes(len(ids), val_fraction)
+    if num_val < 2 and 2 / val_fraction > min_train_chars / (1 - val_fraction):
+        # The held-out part is what is short (a tiny --val-fraction): more text or smaller
+        # windows would not help until it is absurdly long; a larger fraction does.
+        fraction = _fraction_holding(len(ids), 2)
+        fix = f"raise --val-fraction to {fraction:g} or more"
+        if fraction >= 1 or split_sizes(len(ids), fraction)[0] < min_train_chars:
+            # The training part is short too: a usual fraction, and the length it needs.
+            fraction = min(max(fraction, 0.1), 0.5)
+            need = max(min_train_chars / (1 - fraction), 2 / fraction)
+            fix = (
+                f"raise --val-fraction (to {fraction:g}, say) and give at least "
+                f"{int(need) + 1} characters, or lower --batch-size / --seq-len"
+            )
+        raise CorpusError(
+            f"corpus {name} leaves too little for validation: --val-fraction {val_fraction:g} "
+            f"of its {len(ids)} characters holds out {num_val}, and validation needs at "
+            f"least 2; {fix}"
+        )
     if num_train < min_train_chars or num_val < 2:
         need = max(min_train_chars / (1 - val_fraction), 2 / val_fraction)
         raise CorpusError(

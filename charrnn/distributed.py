@@ -304,10 +304,21 @@ def is_reporter() -> bool:
         return True
 
 
-def check_batch(batch_size: int, world: World) -> None:
-    if batch_size % world.size:
+def check_batch(batch_size: int, world: World, resumed: bool = False) -> None:
+    """The streams (--batch-size, all processes together) must divide among the processes.
+    A resumed run keeps its batch size, so the fix there is the number of processes."""
+    if batch_size % world.size == 0:
+        return
+    if resumed:
+        counts = [n for n in range(1, batch_size + 1) if batch_size % n == 0]
+        listed = ", ".join(map(str, counts[:-1])) + f" or {counts[-1]}" if len(counts) > 1 else "1"
         raise UsageError(
-            f"--batch-size {batch_size} does not divide among {world.size} processes: give a "
-            f"multiple of {world.size} (it counts the streams of all processes together)",
-            field="batch_size",
+            f"the run has --batch-size {batch_size} ({batch_size} streams), which does not "
+            f"divide among {world.size} processes, and a resumed run keeps its batch size: "
+            f"resume it on {listed} processes (torchrun --nproc-per-node N)"
         )
+    raise UsageError(
+        f"--batch-size {batch_size} does not divide among {world.size} processes: give a "
+        f"multiple of {world.size} (it counts the streams of all processes together)",
+        field="batch_size",
+    )

@@ -11,12 +11,14 @@ weights a fresh model would have given it. Characters absent from the new text s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from typing import Any
 
 import torch
 
 from .corpus import Corpus
-from .errors import CorpusError
+from .errors import CharRNNError, CorpusError
 from .vocab import Vocab, describe_chars, id_dtype
 
 
@@ -71,6 +73,18 @@ def in_vocab(corpus: Corpus, vocab: Vocab) -> Corpus:
     )
 
 
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """A sha256 of a model's weights (names, dtypes, shapes and bytes): what a lineage entry
+    records of its source, so that a source file later replaced (a `--force` run into the
+    same folder) is told apart from the model the weights came from."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def lineage_entry(path: str, ckpt: dict[str, Any], added: list[str]) -> dict[str, Any]:
     """What `info` shows of where a model came from."""
     return {
@@ -78,4 +92,25 @@ def lineage_entry(path: str, ckpt: dict[str, Any], added: list[str]) -> dict[str
         "step": ckpt.get("step"),
         "corpus": (ckpt.get("corpus") or {}).get("name"),
         "added_chars": "".join(added),
+        "weights_sha256": weights_digest(ckpt["model_state"]),
+        "init_from_abspath": os.path.abspath(path),  # `init_from` may be relative
     }
+
+
+def source_status(entry: dict[str, Any], read: Any) -> str | None:
+    """Whether the file a lineage entry names still holds its source model: None when it
+    does (or the entry predates digests), else a few words saying what changed. `read`
+    loads a checkpoint dict from a path (and raises on anything unreadable)."""
+    recorded = entry.get("weights_sha256")
+    if not isinstance(recorded, str):
+        return None
+    path = entry.get("init_from_abspath") or entry.get("init_from")
+    if not isinstance(path, str) or not os.path.exists(path):
+        return "that file is gone"
+    try:
+        current = weights_digest(read(path)["model_state"])
+    except (CharRNNError, OSError, KeyError, TypeError, AttributeError, RuntimeError):
+        return "that file no longer reads as a checkpoint"
+    if current != recorded:
+        return "that file now holds a different model"
+    return None

@@ -35,6 +35,7 @@ import torch
 
 from . import sources as _sources
 from .errors import CacheError, CorpusError
+from .filemode import shared_mode
 from .sources import FileDecoder, Sources, decoder_warnings, read_chunks
 from .vocab import Vocab, id_dtype
 
@@ -45,11 +46,35 @@ _MAX_CODE_POINT = 0x110000
 
 
 def default_cache_dir() -> str:
-    """$CHARRNN_CACHE_DIR, else $XDG_CACHE_HOME/charrnn, else ~/.cache/charrnn."""
+    """$CHARRNN_CACHE_DIR, else $XDG_CACHE_HOME/charrnn, else ~/.cache/charrnn.
+
+    As the XDG base directory spec says, an XDG_CACHE_HOME that is not an absolute path is
+    ignored (a relative one would scatter caches over whatever folder charrnn runs in). An
+    empty or unset HOME is looked up in the password database rather than becoming `/`."""
     if os.environ.get(CACHE_ENV):
         return os.environ[CACHE_ENV]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "charrnn")
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        return os.path.join(xdg, "charrnn")
+    return os.path.join(_home(), ".cache", "charrnn")
+
+
+def _home() -> str:
+    home = os.environ.get("HOME", "")
+    if os.path.isabs(home):
+        return home
+    try:
+        import pwd
+
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except (ImportError, KeyError, OSError):  # no password database (Windows): its own way
+        home = os.path.expanduser("~")
+    if not os.path.isabs(home) or home == "/":
+        raise CacheError(
+            "no home folder to keep the id cache in (HOME is empty, and the user has none): "
+            f"pass --cache-dir (or set {CACHE_ENV}) to a writable folder"
+        )
+    return home
 
 
 def _hasher() -> hashlib._Hash:
@@ -133,6 +158,8 @@ def load(folder: str, key: str) -> tuple[Prepared | None, str | None]:
     ids_path, meta_path = _entry_paths(folder, key)
     if not os.path.exists(meta_path):
         return None, None
+    if not os.path.isfile(meta_path):
+        return None, f"{os.path.basename(meta_path)} is not a file"
     try:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
@@ -144,6 +171,9 @@ def load(folder: str, key: str) -> tuple[Prepared | None, str | None]:
         if len(vocab) != meta["vocab_size"] or dtype.name not in ("uint8", "int16", "int32"):
             return None, "its description is damaged"
         expected = num_chars * dtype.itemsize
+        if not os.path.isfile(ids_path):
+            what = "a folder, not a file" if os.path.isdir(ids_path) else "missing"
+            return None, f"{os.path.basename(ids_path)} is {what}"
         actual = os.path.getsize(ids_path)
         if actual != expected:
             return None, f"it is {actual} bytes instead of {expected} (truncated)"
@@ -293,6 +323,12 @@ class _Provisional:
 
 def _temp(folder: str, suffix: str) -> BinaryIO:
     fd, path = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    try:
+        shared_mode(fd)  # a shared cache folder is read by others: not mkstemp's 0600
+    except OSError:
+        os.close(fd)
+        os.unlink(path)
+        raise
     f = os.fdopen(fd, "w+b")
     f.temp_path = path  # type: ignore[attr-defined]
     return f
@@ -332,6 +368,7 @@ def build(sources: Sources, encoding: str, folder: str) -> Prepared:
         final.flush()
         warnings = decoder_warnings(decoded)
         ids_path, meta_path = _entry_paths(folder, key)
+        _check_not_folders(ids_path, meta_path)
         os.replace(final.temp_path, ids_path)  # type: ignore[attr-defined]
         final.close()
         meta = {
@@ -367,6 +404,16 @@ def build(sources: Sources, encoding: str, folder: str) -> Prepared:
     )
 
 
+def _check_not_folders(*paths: str) -> None:
+    # A folder where an entry's file belongs is someone's, not damage to rebuild over.
+    for path in paths:
+        if os.path.isdir(path):
+            raise CacheError(
+                f"the id cache entry {path} is a folder, not a file: move or remove it "
+                f"(rm -r {path}), or pass --cache-dir (or set {CACHE_ENV}) to another folder"
+            )
+
+
 def _write_meta(folder: str, meta_path: str, meta: dict[str, Any]) -> None:
     # Written last and renamed into place: an entry with its meta file is complete.
     meta_tmp = _temp(folder, ".json")
@@ -384,7 +431,11 @@ def _cache_error(folder: str, e: OSError, sources: Sources) -> CacheError:
             f"no space left on the device while writing the id cache in {folder!r} (it needs "
             f"about 1 byte per character of {sources.name}): free some space or {fix}"
         )
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if e.errno == errno.EROFS:
+        return CacheError(
+            f"cannot write the id cache in {folder!r} (it is on a read-only file system): {fix}"
+        )
+    if e.errno in (errno.EACCES, errno.EPERM):
         return CacheError(f"cannot write the id cache in {folder!r} (permission denied): {fix}")
     return CacheError(f"cannot write the id cache in {folder!r} ({e.strerror or e}): {fix}")
 

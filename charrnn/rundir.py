@@ -25,6 +25,7 @@ class RunDir:
         self.path = path
         self._lock_file = None
         self._fresh = False  # a new run whose first write must clear the previous run's files
+        self._pending: list[dict[str, Any]] = []  # training-loss lines held until that write
 
     @property
     def last(self) -> str:
@@ -160,5 +161,40 @@ class RunDir:
     def append_metrics(self, record: dict[str, Any]) -> None:
         """One JSON line per evaluation."""
         self.clear_previous_run()
-        with open(self.metrics, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._append([record])
+
+    def append_train_loss(self, record: dict[str, Any]) -> None:
+        """A line with the training loss between evaluations ({"step", "train_loss"}, no
+        val_loss). Until the run's first save it is held here: a --force run touches none
+        of the old run's files before then."""
+        self._pending.append(record)
+        if not self._fresh:
+            self._append(())
+
+    def write_pending(self) -> None:
+        """The training-loss lines held until the first save: called once it is complete."""
+        if not self._fresh:
+            self._append(())
+
+    def _append(self, records) -> None:
+        lines = [*self._pending, *records]
+        if lines:
+            with open(self.metrics, "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in lines))
+        self._pending.clear()
+
+    def last_train_loss_step(self) -> int:
+        """The step of the last training-loss line in metrics.jsonl (-1 if none): a resumed
+        run redoes the steps after its last.pt and must not log them twice."""
+        last = -1
+        if self._fresh:  # the file is the replaced run's, not this one's
+            return last
+        with contextlib.suppress(OSError), open(self.metrics, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    if "val_loss" not in record and "train_loss" in record:
+                        last = max(last, int(record["step"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return last

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from .. import api
+from .. import api, finetune
 from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..config import SampleConfig, describe_input
 from ..corpus import read_text
@@ -290,7 +290,10 @@ def _info(path: str, as_json: bool) -> None:
         "best_val_bpc": best / LN2 if best is not None else None,
         "last_val_loss": history[-1]["val_loss"] if history else None,
         "corpus": {k: v for k, v in (ckpt.get("corpus") or {}).items() if k != "first_char"},
-        "lineage": ckpt.get("lineage") or [],
+        "lineage": [
+            {**entry, "source_now": finetune.source_status(entry, load_checkpoint)}
+            for entry in ckpt.get("lineage") or []
+        ],
     }
     if as_json:
         try:
@@ -322,6 +325,12 @@ def _info(path: str, as_json: bool) -> None:
             f"{entry.get('corpus') or '?'}); added {len(added)} character(s)"
             + (f": {describe_chars(list(added))}" if added else "")
         )
+        if isinstance(entry.get("weights_sha256"), str):
+            now = entry["source_now"]
+            lines.append(
+                f"             its weights: sha256 {entry['weights_sha256'][:16]}; "
+                + (now or "that file still holds them")
+            )
     out.print("\n".join(lines))
 
 

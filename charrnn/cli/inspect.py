@@ -143,9 +143,10 @@ def _plot(runs: list[str], out_file: str | None) -> None:
     for c in loaded:
         steps, val, train_steps, train = c.finite()  # plotext cannot place NaN or inf
         if val:
-            plt.plot(steps, val, label=f"{c.name} val" if labelled else None, marker="braille")
+            label = f"{c.name} {curves.VAL_LABEL}" if labelled else None
+            plt.plot(steps, val, label=label, marker="braille")
         if train:
-            label = f"{c.name} train" if labelled else None
+            label = f"{c.name} {curves.TRAIN_LABEL}" if labelled else None
             plt.plot(train_steps, train, label=label, marker="dot")
         drawn += len(val) + len(train)
     if not labelled:

@@ -17,6 +17,10 @@ from ..rundir import METRICS
 
 LN2 = math.log(2.0)
 PLOT_EXTRA = "pip install 'charrnn[plot]'"
+# Which line is which: the held-out text scored at each evaluation, and the loss of the
+# training windows themselves, each point the mean over the steps since the one before.
+VAL_LABEL = "validation (held-out text, at each evaluation)"
+TRAIN_LABEL = "training (mean over the steps since the point before)"
 
 
 class MetricsError(CharRNNError):
@@ -28,7 +32,9 @@ class Curve:
     name: str
     steps: list[int]
     val_loss: list[float]  # nats/char; NaN or inf where an evaluation diverged
-    train_steps: list[int]  # the evaluations that logged a train_loss
+    # Training loss: the metrics' training-loss lines (every few dozen steps) where the
+    # run wrote them, else (older runs) the mean since the last evaluation, at each one.
+    train_steps: list[int]
     train_loss: list[float]
     warnings: list[str] = field(default_factory=list)  # lines skipped, values not drawn
 
@@ -49,13 +55,16 @@ class Curve:
         )
 
 
-def _record(line: str) -> tuple[int, float, float | None]:
-    """(step, val_loss, train_loss or None) of one metrics line; ValueError if it is not one."""
+def _record(line: str) -> tuple[int, float | None, float | None]:
+    """(step, val_loss, train_loss) of one metrics line: an evaluation, or a training-loss
+    line (val_loss None); ValueError if it is neither."""
     try:
         record = json.loads(line)
-        step, val = int(record["step"]), float(record["val_loss"])
         train = record.get("train_loss")
-        return step, val, None if train is None else float(train)
+        train = None if train is None else float(train)
+        if "val_loss" not in record and train is not None:
+            return int(record["step"]), None, train
+        return int(record["step"]), float(record["val_loss"]), train
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
         raise ValueError(line) from None
 
@@ -89,6 +98,7 @@ def read_run(path: str) -> Curve:
             "or its metrics.jsonl"
         )
     curve = Curve(name or file, [], [], [], [])
+    often: tuple[list[int], list[float]] = ([], [])  # the training-loss lines
     try:
         with open(file, "rb") as f:
             raw = f.read()
@@ -128,11 +138,17 @@ def read_run(path: str) -> Curve:
                 f"{file}:{number}: skipped the start of a line cut short before the record "
                 "written after it"
             )
+        if val is None:  # a training-loss line
+            often[0].append(step)
+            often[1].append(train)
+            continue
         curve.steps.append(step)
         curve.val_loss.append(val)
         if train is not None:
             curve.train_steps.append(step)
             curve.train_loss.append(train)
+    if often[0]:
+        curve.train_steps, curve.train_loss = often
     if not curve.steps:
         raise MetricsError(f"{file} holds no evaluations yet: plot it after the first one")
     for label, steps, values in (
@@ -195,8 +211,8 @@ def write_figure(curves: list[Curve], path: str) -> list[str]:
                 if train:
                     ax.plot(train_steps, train, color=colour, ls="--")
             handles += [
-                Line2D([], [], color="grey", marker="o", ms=3, label="validation"),
-                Line2D([], [], color="grey", ls="--", label="training"),
+                Line2D([], [], color="grey", marker="o", ms=3, label=VAL_LABEL),
+                Line2D([], [], color="grey", ls="--", label=TRAIN_LABEL),
             ]
             ax.set_xlabel("step")
             ax.set_ylabel("loss (nats/char)")

@@ -16,6 +16,12 @@ from .evaluation import LN2, evaluate, evaluate_segments, val_segments, val_stre
 from .events import Evaluated, Notice, StopRequest
 from .state import RunState
 
+# Steps between the training-loss lines of metrics.jsonl: enough points for a curve
+# between evaluations (eval_every is 1000 by default), at the cost of one short append.
+# Written only where evaluations are at least 4 such spans apart: closer evaluations draw
+# the curve with their own train_loss.
+TRAIN_LOSS_EVERY = 25
+
 
 class Evaluator:
     """Validates the model every eval_every steps (and when a time-limited run calibrates),
@@ -53,11 +59,17 @@ class Evaluator:
         self.loss_sum = 0.0
         self.loss_count = 0
         self.evaluated_at = -1
+        # The same over the last TRAIN_LOSS_EVERY steps, for metrics.jsonl's curve lines.
+        self.window_sum = 0.0
+        self.window_count = 0
+        self.train_logged_to = -1  # lines up to this step are in metrics.jsonl already
 
     def resumed(self) -> None:
         # A run resumed right after an evaluation has that step's loss already.
         history = self.progress.history
         self.evaluated_at = history[-1]["step"] if history else -1
+        if self.state.parts.world.is_main:  # the steps a killed run logged past its last.pt
+            self.train_logged_to = self.run_dir.last_train_loss_step()
 
     def should_validate(self, step: int, calibrating: bool) -> bool:
         timed = self.config.time_limit is not None and calibrating
@@ -68,8 +80,19 @@ class Evaluator:
         return self.evaluated_at != self.progress.step
 
     def train_loss(self, loss: float) -> None:
+        """The loss of the step just done (a float already: recording it costs no sync)."""
         self.loss_sum += loss
         self.loss_count += 1
+        self.window_sum += loss
+        self.window_count += 1
+        step = self.progress.step
+        if step % TRAIN_LOSS_EVERY or self.config.eval_every < 4 * TRAIN_LOSS_EVERY:
+            return
+        if step > self.train_logged_to and self.state.parts.world.is_main:
+            mean = self.window_sum / self.window_count
+            self.run_dir.append_train_loss({"step": step, "train_loss": mean})
+            self.train_logged_to = step
+        self.window_sum, self.window_count = 0.0, 0
 
     def validate(self, elapsed: float, final: bool = False) -> bool:
         """Score, keep-best, save. False when it was skipped for lack of time (last.pt was

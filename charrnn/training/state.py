@@ -204,6 +204,7 @@ class RunState:
             for tmp, _ in written:
                 discard_temporary(tmp)
             self.save_took = time.perf_counter() - began
+        self.run_dir.write_pending()  # training-loss lines held until this run's first save
 
     def share(self) -> None:
         """Under torchrun, every process takes what rank 0 measured (its validations)."""
