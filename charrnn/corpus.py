@@ -188,9 +188,10 @@ def _split(
     name: str, ids: torch.Tensor, val_fraction: float, min_train_chars: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     num_train, num_val = split_sizes(len(ids), val_fraction)
-    if num_val < 2 and 2 / val_fraction > min_train_chars / (1 - val_fraction):
+    if num_val < 2 and 2 / val_fraction > max(min_train_chars / (1 - val_fraction), 10**6):
         # The held-out part is what is short (a tiny --val-fraction): more text or smaller
-        # windows would not help until it is absurdly long; a larger fraction does.
+        # windows would not help until it is absurdly long (over a million characters just
+        # to hold out two); a larger fraction does. Otherwise the length below is the fix.
         fraction = _fraction_holding(len(ids), 2)
         fix = f"raise --val-fraction to {fraction:g} or more"
         if fraction >= 1 or split_sizes(len(ids), fraction)[0] < min_train_chars:
