@@ -34,47 +34,15 @@ import numpy as np
 import torch
 
 from . import sources as _sources
+from .cachedir import CACHE_ENV, default_cache_dir
 from .errors import CacheError, CorpusError
 from .filemode import shared_mode
 from .sources import FileDecoder, Sources, decoder_warnings, read_chunks
 from .vocab import Vocab, id_dtype
 
-CACHE_ENV = "CHARRNN_CACHE_DIR"
 FORMAT = "charrnn-ids"
 VERSION = 1
 _MAX_CODE_POINT = 0x110000
-
-
-def default_cache_dir() -> str:
-    """$CHARRNN_CACHE_DIR, else $XDG_CACHE_HOME/charrnn, else ~/.cache/charrnn.
-
-    As the XDG base directory spec says, an XDG_CACHE_HOME that is not an absolute path is
-    ignored (a relative one would scatter caches over whatever folder charrnn runs in). An
-    empty or unset HOME is looked up in the password database rather than becoming `/`."""
-    if os.environ.get(CACHE_ENV):
-        return os.environ[CACHE_ENV]
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    if os.path.isabs(xdg):
-        return os.path.join(xdg, "charrnn")
-    return os.path.join(_home(), ".cache", "charrnn")
-
-
-def _home() -> str:
-    home = os.environ.get("HOME", "")
-    if os.path.isabs(home):
-        return home
-    try:
-        import pwd
-
-        home = pwd.getpwuid(os.getuid()).pw_dir
-    except (ImportError, KeyError, OSError):  # no password database (Windows): its own way
-        home = os.path.expanduser("~")
-    if not os.path.isabs(home) or home == "/":
-        raise CacheError(
-            "no home folder to keep the id cache in (HOME is empty, and the user has none): "
-            f"pass --cache-dir (or set {CACHE_ENV}) to a writable folder"
-        )
-    return home
 
 
 def _hasher() -> hashlib._Hash:

@@ -317,8 +317,16 @@ def _info(path: str, as_json: bool) -> None:
         "best val     "
         + (f"{best:.4f} nats/char ({best / LN2:.4f} bits/char)" if best is not None else "-"),
         "options      " + ", ".join(f"{k}={v}" for k, v in (info["train_config"] or {}).items()),
+        *_lineage_lines(info["lineage"]),
     ]
-    for entry in info["lineage"]:
+    out.print("\n".join(lines))
+
+
+def _lineage_lines(lineage: list[dict[str, Any]]) -> list[str]:
+    """Where the weights came from (--init-from), oldest first, and whether each source
+    file still holds the weights it had."""
+    lines = []
+    for entry in lineage:
         added = entry.get("added_chars") or ""
         lines.append(
             f"started from {entry['init_from']} (step {entry.get('step')}, trained on "
@@ -331,7 +339,7 @@ def _info(path: str, as_json: bool) -> None:
                 f"             its weights: sha256 {entry['weights_sha256'][:16]}; "
                 + (now or "that file still holds them")
             )
-    out.print("\n".join(lines))
+    return lines
 
 
 def _epochs(ckpt: dict[str, Any]) -> float:

@@ -7,7 +7,6 @@ are data and go to stdout; progress and notices go to stderr.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
 import os
@@ -161,20 +160,7 @@ def _plot(runs: list[str], out_file: str | None) -> None:
     else:
         warn("no finite loss to draw: every evaluation diverged (NaN or inf)")
     for c in loaded:
-        out.print(_summary(c))
-
-
-def _summary(c: curves.Curve) -> str:
-    def loss(v: float) -> str:
-        return f"{v:.4f} nats/char ({v / curves.LN2:.3f} bits/char)" if math.isfinite(v) else f"{v}"
-
-    finite = [v for v in c.val_loss if math.isfinite(v)]
-    best = f"best {loss(min(finite))}" if finite else "no finite validation loss"
-    last_train = f"; last train {c.train_loss[-1]:.4f}" if c.train_loss else ""
-    return (
-        f"{c.name}: {len(c.steps)} evaluations to step {c.steps[-1]}; last val "
-        f"{loss(c.val_loss[-1])}, {best}{last_train}"
-    )
+        out.print(curves.summary(c))
 
 
 # ------------------------------------------------------------------------ neurons
@@ -370,7 +356,9 @@ def _gradients(checkpoint, file, max_distance, positions, as_json, encoding) -> 
             drawn += [y for _, y in kept]
         zeros = [k for k, v in enumerate(values) if k >= first and not v > 0]
         if zeros:
-            dropped.append(f"{label}: {_ranges(zeros, len(values) - 1)}: 0, underflow")
+            dropped.append(
+                f"{label}: {gradients.distance_ranges(zeros, len(values) - 1)}: 0, underflow"
+            )
     if drawn:
         # log10 taken here and ticks at whole powers of ten, labelled 1e-06: plotext's own
         # log scale labels them 0.0000015.
@@ -383,17 +371,6 @@ def _gradients(checkpoint, file, max_distance, positions, as_json, encoding) -> 
         out.print(Text.from_ansi(_plot_text(plt)) if out.is_terminal else _plot_text(plt))
     if dropped:
         out.print(f"not on the log scale: {'; '.join(dropped)}")
-
-
-def _ranges(ks: list[int], last: int) -> str:
-    """Distances as short ranges: [3, 4, 5, 9] -> "k = 3..5, 9"; a tail -> "k >= 49"."""
-    if len(ks) > 1 and ks == list(range(ks[0], last + 1)):
-        return f"k >= {ks[0]}"
-    parts = []
-    for _, group in itertools.groupby(enumerate(ks), key=lambda p: p[1] - p[0]):
-        run = [k for _, k in group]
-        parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}..{run[-1]}")
-    return "k = " + ", ".join(parts)
 
 
 # ------------------------------------------------------------------------ novelty

@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 
 from .. import api
+from ..cachedir import CACHE_ENV
 from ..config import (
     DEFAULT_EPOCHS,
     MODELS,
@@ -22,7 +23,6 @@ from ..config import (
 )
 from ..distributed import LAUNCHER_ENV, World, is_reporter
 from ..errors import UsageError
-from ..idcache import CACHE_ENV
 from ..request import MODEL_OPTIONS, TRAIN_OPTIONS, check_request
 from ..rundir import RunDir
 from ..training import LN2, StopRequest

@@ -98,7 +98,15 @@ def read_run(path: str) -> Curve:
             "or its metrics.jsonl"
         )
     curve = Curve(name or file, [], [], [], [])
-    often: tuple[list[int], list[float]] = ([], [])  # the training-loss lines
+    _parse(file, _read_text(file), curve)
+    if not curve.steps:
+        raise MetricsError(f"{file} holds no evaluations yet: plot it after the first one")
+    _note_non_finite(file, curve)
+    return curve
+
+
+def _read_text(file: str) -> str:
+    """The file's text; MetricsError for a checkpoint, binary data or text not in UTF-8."""
     try:
         with open(file, "rb") as f:
             raw = f.read()
@@ -109,9 +117,15 @@ def read_run(path: str) -> Curve:
     if b"\0" in raw[:4096]:
         raise _not_metrics(file, "binary data")
     try:
-        content = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise _not_metrics(file, f"not UTF-8 text at byte offset {e.start}") from None
+
+
+def _parse(file: str, content: str, curve: Curve) -> None:
+    """The records of a metrics file into `curve`: evaluations, and training-loss lines
+    (which, where a run wrote them, replace the evaluations' train_loss)."""
+    often: tuple[list[int], list[float]] = ([], [])  # the training-loss lines
     lines = content.split("\n")  # the last piece is "" when the file ends in a newline
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -149,8 +163,9 @@ def read_run(path: str) -> Curve:
             curve.train_loss.append(train)
     if often[0]:
         curve.train_steps, curve.train_loss = often
-    if not curve.steps:
-        raise MetricsError(f"{file} holds no evaluations yet: plot it after the first one")
+
+
+def _note_non_finite(file: str, curve: Curve) -> None:
     for label, steps, values in (
         ("validation", curve.steps, curve.val_loss),
         ("training", curve.train_steps, curve.train_loss),
@@ -162,7 +177,6 @@ def read_run(path: str) -> Curve:
             curve.warnings.append(
                 f"{file}: the {label} loss is not finite at {where}{more}: left out of the plot"
             )
-    return curve
 
 
 def unique_names(curves: list[Curve]) -> None:
@@ -234,3 +248,18 @@ def write_figure(curves: list[Curve], path: str) -> list[str]:
         finally:
             plt.close(fig)
     return [f"matplotlib: {w.message}" for w in caught]
+
+
+def summary(c: Curve) -> str:
+    """One line per run under a plot: its evaluations, last and best validation loss."""
+
+    def loss(v: float) -> str:
+        return f"{v:.4f} nats/char ({v / LN2:.3f} bits/char)" if math.isfinite(v) else f"{v}"
+
+    finite = [v for v in c.val_loss if math.isfinite(v)]
+    best = f"best {loss(min(finite))}" if finite else "no finite validation loss"
+    last_train = f"; last train {c.train_loss[-1]:.4f}" if c.train_loss else ""
+    return (
+        f"{c.name}: {len(c.steps)} evaluations to step {c.steps[-1]}; last val "
+        f"{loss(c.val_loss[-1])}, {best}{last_train}"
+    )

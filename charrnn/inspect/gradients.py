@@ -17,6 +17,8 @@ model carries from one character to the next.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -147,3 +149,14 @@ def gradient_reach(
         "positions": len(starts),
         "model": model.config.model,
     }
+
+
+def distance_ranges(ks: list[int], last: int) -> str:
+    """Distances as short ranges: [3, 4, 5, 9] -> "k = 3..5, 9"; a tail -> "k >= 49"."""
+    if len(ks) > 1 and ks == list(range(ks[0], last + 1)):
+        return f"k >= {ks[0]}"
+    parts = []
+    for _, group in itertools.groupby(enumerate(ks), key=lambda p: p[1] - p[0]):
+        run = [k for _, k in group]
+        parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}..{run[-1]}")
+    return "k = " + ", ".join(parts)
