@@ -1,9 +1,11 @@
-"""`python -m charrnn`: the command line, and how torchrun's launcher starts each worker."""
+"""`python -m charrnn` and the `charrnn` command: the command line, and how torchrun's
+launcher starts each worker."""
 
 import contextlib
 import os
 
 from .launch import watch_launcher
+from .threads import set_wait_policy
 
 
 def _say(text: str) -> None:
@@ -11,10 +13,17 @@ def _say(text: str) -> None:
         os.write(2, (text + "\n").encode())
 
 
-# First, before the seconds of importing torch: a worker of `--nproc-per-node` ends with
-# its launcher (see charrnn.launch); anything else returns at once.
-watch_launcher(_say)
+def run() -> None:
+    # First, before the seconds of importing torch: a worker of `--nproc-per-node` ends with
+    # its launcher (see charrnn.launch); anything else returns at once.
+    watch_launcher(_say)
+    # OpenMP reads its waiting policy once, as torch loads: idle threads sleep rather than
+    # spin against the other programs of a busy machine (charrnn/threads.py).
+    set_wait_policy()
+    from .cli import main
 
-from .cli import main  # noqa: E402
+    main()
 
-main()
+
+if __name__ == "__main__":
+    run()

@@ -180,6 +180,9 @@ class TrainConfig:
     eval_every: int = 1000  # steps between validation passes (and last.pt saves)
     random_seed: int = 1337
     device: str = "auto"
+    # CPU threads for torch's kernels; None: charrnn times its steps with one thread and
+    # with all, keeps the faster and times again as the load changes (charrnn/threads.py)
+    threads: int | None = None
     # characters of the sample drawn at each evaluation (same seed each time); 0 = none
     sample_length: int = 200
 
@@ -215,7 +218,7 @@ class TrainConfig:
                 "--sample-length",
                 f"--sample-length must be >= 0; 0 turns it off (got {self.sample_length})",
             )
-        for name in ("max_steps", "epochs", "time_limit"):
+        for name in ("max_steps", "epochs", "time_limit", "threads"):
             value = getattr(self, name)
             if value is not None:
                 _positive("--" + name.replace("_", "-"), value)
@@ -235,7 +238,14 @@ DEFAULT_EPOCHS = 10.0
 LIMIT_OPTIONS = ("max_steps", "epochs", "time_limit")
 # The only options a resumed run may change; everything else comes from the checkpoint.
 # Like the device, the precision belongs to the machine: a run moves between machines.
-RESUMABLE_OPTIONS = (*LIMIT_OPTIONS, "eval_every", "device", "precision", "sample_length")
+RESUMABLE_OPTIONS = (
+    *LIMIT_OPTIONS,
+    "eval_every",
+    "device",
+    "precision",
+    "sample_length",
+    "threads",
+)
 
 
 # Bounds that keep `sample` from promising what it cannot do: a length no run will reach

@@ -46,11 +46,26 @@ def field_default(cls: type, name: str) -> Any:
 
 @app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
     if version:
         typer.echo(f"charrnn {__version__}")
         raise typer.Exit()
+    if ctx.invoked_subcommand not in (None, "train"):  # train times its own steps
+        _choose_threads()
+
+
+def _choose_threads() -> None:
+    """One thread when other work holds a core (see charrnn/threads.py), unless the user
+    set OMP_NUM_THREADS."""
+    from ..threads import quick_choice
+
+    threads = quick_choice()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def option(cls: type, name: str, help: str, *flags: str, choices: tuple[str, ...] = ()) -> Any:

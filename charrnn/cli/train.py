@@ -95,6 +95,11 @@ def train_cmd(
         autocompletion=complete_device,
         help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.",
     ),
+    threads: int = typer.Option(
+        None,
+        help="CPU threads (default: the faster of one and all, timed as it trains, "
+        "or $OMP_NUM_THREADS).",
+    ),
     random_seed: int = option(TrainConfig, "random_seed", "Seed for initialisation and dropout."),
     sample_length: int = option(
         TrainConfig,

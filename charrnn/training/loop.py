@@ -21,6 +21,7 @@ from ..distributed import World, is_lost_peer, lost_contact
 from ..errors import TrainingError
 from ..loss import cross_entropy
 from ..model import detach_hidden
+from ..threads import ThreadPilot
 from .budget import Budget, learning_rate
 from .evaluator import Evaluator
 from .events import Notice, StepDone, StopRequest
@@ -50,6 +51,7 @@ class Run:
     evaluator: Evaluator
     stop: StopRequest
     emit: Callable[[Any], None]
+    pilot: ThreadPilot | None = None  # chooses the CPU thread count by timing the steps
 
 
 def train_loop(run: Run) -> tuple[str | None, str | None]:
@@ -65,6 +67,8 @@ def train_loop(run: Run) -> tuple[str | None, str | None]:
             p.epoch, p.window = p.epoch + 1, 0
             p.hidden = None  # each epoch starts the streams from a zero state
         x, y = parts.streams.window(p.window)  # (B, T) inputs, (B, T) targets
+        if run.pilot is not None:
+            run.pilot.before_step()
         lr = learning_rate(p.step, cfg, budget.plan)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -84,6 +88,8 @@ def train_loop(run: Run) -> tuple[str | None, str | None]:
         else:
             p.hidden = None  # a non-finite state would poison every later window
         budget.step_timed(p.step, began)
+        if run.pilot is not None:
+            run.pilot.after_step(budget.step_took)
         p.step += 1
         p.window += 1
         bad_steps = _count_bad(run, ok, loss_value, norm, bad_steps)

@@ -13,6 +13,7 @@ from ..device import resolve_device
 from ..distributed import World
 from ..memory import check_memory
 from ..rundir import RunDir
+from ..threads import thread_policy
 from .budget import Budget
 from .evaluator import Evaluator
 from .events import RunStarted, StopRequest, TrainResult
@@ -52,7 +53,8 @@ def train(
     stop = stop if stop is not None else StopRequest()
     run = _assemble(model_config, config, corpus, run_dir, emit, resume, stop, init, world)
     try:
-        return _run(run, started)
+        with thread_policy(config.threads, run.parts.device.type == "cpu") as run.pilot:
+            return _run(run, started)
     finally:
         # DDP holds the process group and gloo's worker threads: let them go now, while the
         # interpreter is whole (destroyed at exit instead, they can abort the process).
