@@ -48,6 +48,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/threads.py
 
 bench-quick: $(STAMP)
 	$(PY) bench/run.py --quick

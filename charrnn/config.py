@@ -25,6 +25,9 @@ MODELS = ("lstm", "rnn", "gru")
 INPUTS = ("auto", "onehot", "embedding")
 AUTO_INPUT = "embedding"  # what "auto" resolves to, for every corpus
 PRECISIONS = ("auto", "fp32", "bf16")
+# The learning rate after warm-up: a half cosine, or a straight line ("budgeted training",
+# Li et al. 2020), each down to lr * lr_min_ratio at the run's planned last step.
+LR_SCHEDULES = ("cosine", "linear")
 
 
 def _field(flag: str) -> str:
@@ -111,6 +114,9 @@ class ModelConfig:
     hidden_size: int = 256  # units per recurrent layer
     num_layers: int = 2  # stacked recurrent layers
     dropout: float = 0.2  # between layers and before the output layer; 0 turns it off
+    # DropConnect on each W_hh while training (AWD-LSTM's weight drop): a fraction of the
+    # recurrent connections, new each window; 0 turns it off
+    weight_drop: float = 0.0
     input: str = "auto"  # "onehot", "embedding" or "auto" (by vocab_size); see INPUTS
     embedding_size: int = 128  # D, the width of E when input is "embedding"
 
@@ -124,6 +130,8 @@ class ModelConfig:
         _positive("--num-layers", self.num_layers)
         if not 0.0 <= self.dropout < 1.0:
             raise _bad("--dropout", f"--dropout must be in [0, 1) (got {self.dropout})")
+        if not 0.0 <= self.weight_drop < 1.0:
+            raise _bad("--weight-drop", f"--weight-drop must be in [0, 1) (got {self.weight_drop})")
         if self.vocab_size < 0:
             raise _bad("vocab_size", f"vocab_size must not be negative (got {self.vocab_size})")
         if self.input not in INPUTS:
@@ -168,7 +176,8 @@ class TrainConfig:
     val_chars: int = 500_000
     # optimisation
     lr: float = 4e-3  # peak Adam learning rate
-    lr_min_ratio: float = 0.05  # the cosine schedule decays to lr * lr_min_ratio
+    lr_schedule: str = "cosine"  # after warm-up: "cosine" or "linear" (LR_SCHEDULES)
+    lr_min_ratio: float = 0.05  # the schedule decays to lr * lr_min_ratio
     warmup_steps: int = 50  # linear warm-up from 0 to lr
     grad_clip: float = 1.0  # clip the global L2 norm of all gradients to this; 0 = off
     precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto" (bf16 where it is fast)
@@ -207,6 +216,12 @@ class TrainConfig:
             raise _bad("lr_min_ratio", f"lr_min_ratio must be in [0, 1] (got {self.lr_min_ratio})")
         if self.warmup_steps < 0:
             raise _bad("warmup_steps", f"warmup_steps must be >= 0 (got {self.warmup_steps})")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise _bad(
+                "--lr-schedule",
+                f"unknown --lr-schedule {self.lr_schedule!r}: choose one of "
+                f"{', '.join(LR_SCHEDULES)}",
+            )
         if self.precision not in PRECISIONS:
             raise _bad(
                 "--precision",

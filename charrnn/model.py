@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
 
 from .config import ModelConfig
 
@@ -68,9 +69,25 @@ class CharRNN(nn.Module):
         self, idx: torch.Tensor, hidden: Hidden | None = None
     ) -> tuple[torch.Tensor, Hidden]:
         """idx (B, T) int64 -> logits (B, T, V) and the hidden state after the last step."""
-        out, hidden = self.rnn(self.inputs(idx), hidden)  # (B, T, H)
+        out, hidden = self.recur(self.inputs(idx), hidden)  # (B, T, H)
         logits = self.head(self.drop(out))  # (B, T, V)
         return logits, hidden
+
+    def recur(self, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
+        """The recurrent layers over x (B, T, input width) -> (B, T, H) and the new state.
+
+        With weight_drop, while training, each W_hh is used with a random fraction of its
+        entries zeroed (DropConnect; the rest scaled up to keep the expected sum): the
+        same dropped connections at every time step of the window, so it regularises the
+        recurrence itself without the fused kernel losing its speed (AWD-LSTM, Merity et al.
+        2017). The parameters themselves are never changed.
+        """
+        p = self.config.weight_drop
+        if not (self.training and p > 0):
+            return self.rnn(x, hidden)
+        names = [f"weight_hh_l{k}" for k in range(self.config.num_layers)]
+        dropped = {name: F.dropout(getattr(self.rnn, name), p) for name in names}
+        return functional_call(self.rnn, dropped, (x, hidden))
 
     def inputs(self, idx: torch.Tensor) -> torch.Tensor:
         """What the first layer reads for ids idx (...): x_t one-hot (..., V), or E x_t

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -43,8 +44,9 @@ def tiny_configs(**overrides) -> tuple[ModelConfig, TrainConfig]:
         "precision": "fp32",
         "device": "cpu",
     }
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     for k, v in overrides.items():
-        (model if k in model else run)[k] = v
+        (model if k in model_fields else run)[k] = v
     return ModelConfig(**model), TrainConfig(**run)
 
 

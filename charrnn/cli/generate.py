@@ -308,7 +308,7 @@ def _info(path: str, as_json: bool) -> None:
     lines = [
         f"checkpoint   {path} (format {info['format_version']}, charrnn {info['charrnn_version']})",
         f"model        {m['model']}, {m['num_layers']} x {m['hidden_size']}, dropout "
-        f"{m['dropout']}: {info['num_params']:,} parameters",
+        f"{m['dropout']}{_weight_drop(m)}: {info['num_params']:,} parameters",
         f"input        {describe_input(model.config)}",
         f"vocabulary   {describe_vocab(vocab.chars)}",
         f"trained      {info['step']} steps ({fmt_epochs(_epochs(ckpt))} epochs) on "
@@ -369,3 +369,8 @@ def _files_line(corpus: dict[str, Any]) -> list[str]:
     )
     more = f" and {len(files) - 5} more" if len(files) > 5 else ""
     return [f"files        {len(files)}: {shown}{more}"]
+
+
+def _weight_drop(model: dict) -> str:
+    drop = model.get("weight_drop", 0.0)
+    return f", weight drop {drop}" if drop else ""

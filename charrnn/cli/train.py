@@ -15,6 +15,7 @@ from .. import api
 from ..cachedir import CACHE_ENV
 from ..config import (
     DEFAULT_EPOCHS,
+    LR_SCHEDULES,
     MODELS,
     PRECISIONS,
     ModelConfig,
@@ -55,6 +56,11 @@ def train_cmd(
     dropout: float = option(
         ModelConfig, "dropout", "Dropout between layers and before the output."
     ),
+    weight_drop: float = option(
+        ModelConfig,
+        "weight_drop",
+        "DropConnect on the recurrent weights W_hh while training (0: off).",
+    ),
     input: str = option(
         ModelConfig,
         "input",
@@ -67,6 +73,12 @@ def train_cmd(
     batch_size: int = option(TrainConfig, "batch_size", "Parallel streams."),
     seq_len: int = option(TrainConfig, "seq_len", "Characters per BPTT window."),
     lr: float = option(TrainConfig, "lr", "Peak Adam learning rate."),
+    lr_schedule: str = option(
+        TrainConfig,
+        "lr_schedule",
+        "After warm-up: cosine or linear decay to the end of the run.",
+        choices=LR_SCHEDULES,
+    ),
     grad_clip: float = option(
         TrainConfig, "grad_clip", "Clip the global gradient L2 norm to this (0: off)."
     ),

@@ -30,7 +30,7 @@ FINAL_MARGIN = 1.5
 
 
 def learning_rate(step: int, config: TrainConfig, plan_steps: int | None) -> float:
-    """Linear warm-up, then cosine decay to lr * lr_min_ratio at `plan_steps`.
+    """Linear warm-up, then cosine (or linear) decay to lr * lr_min_ratio at `plan_steps`.
 
     It depends only on the step and the run's planned length, so a resumed run follows
     exactly the curve of one that was never stopped.
@@ -43,6 +43,8 @@ def learning_rate(step: int, config: TrainConfig, plan_steps: int | None) -> flo
     span = max(1, plan_steps - config.warmup_steps)
     progress = min(1.0, (step - config.warmup_steps) / span)
     floor = peak * config.lr_min_ratio
+    if config.lr_schedule == "linear":
+        return floor + (peak - floor) * (1.0 - progress)
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
 
 
