@@ -17,13 +17,21 @@ const CharRNN = (() => {
     return new Float32Array(bytes.buffer); // little-endian, as every browser is
   }
 
-  // out[r] = bias[r] + W[r, :] · x  for a row-major W (rows, cols)
+  // out[r] = bias[r] + W[r, :] · x  for a row-major W (rows, cols). Four running sums
+  // let the CPU overlap the multiply-adds (about twice as fast in V8 as one sum).
   function matvec(w, rows, cols, x, bias, out) {
+    const tail = cols & ~3;
     for (let r = 0; r < rows; r++) {
-      let s = bias[r];
       const base = r * cols;
-      for (let j = 0; j < cols; j++) s += w[base + j] * x[j];
-      out[r] = s;
+      let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      for (let j = 0; j < tail; j += 4) {
+        s0 += w[base + j] * x[j];
+        s1 += w[base + j + 1] * x[j + 1];
+        s2 += w[base + j + 2] * x[j + 2];
+        s3 += w[base + j + 3] * x[j + 3];
+      }
+      for (let j = tail; j < cols; j++) s0 += w[base + j] * x[j];
+      out[r] = bias[r] + ((s0 + s1) + (s2 + s3));
     }
   }
 
