@@ -244,3 +244,34 @@ def test_web_page_generates_what_charrnn_sample_does_in_headless_chromium(traine
     assert 'data-done="yes"' in warm_attrs and warm.startswith(seed) and len(warm) == len(seed) + 80
     assert 'data-error="seed"' in bad_attrs and bad == ""
     assert set(_Quiet.requested) == {"/index.html", "/model.js", "/charrnn.js", "/page.js"}
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed")
+def test_the_web_runtime_steps_every_cell_as_the_model_does(tmp_path):
+    # Each model's logits over a sequence of ids, from a zero state, computed by charrnn.js in
+    # the browser, against the model's own (random weights made large, so gates saturate).
+    vocab = Vocab("abcdefghij \n!")
+    ids = np.random.default_rng(1).integers(0, len(vocab), size=25)
+    page = ['<!doctype html><meta charset="utf-8"><script src="charrnn.js"></script>']
+    page.append("<script>const found = [];</script>")
+    expected = []
+    for n, case in enumerate(CASES):
+        model = _random_model(*case, vocab)
+        script = web.model_script(model, vocab, "a", "test")
+        (tmp_path / f"m{n}.js").write_text(script, encoding="ascii")
+        page.append(f'<script src="m{n}.js"></script><script>found.push(CHARRNN_MODEL)</script>')
+        with torch.no_grad():
+            expected.append(model(torch.from_numpy(ids)[None])[0][0].numpy())  # (T, V)
+    page.append(
+        f'<pre id="result"></pre><script>const ids = {json.dumps(ids.tolist())};'
+        "document.getElementById('result').textContent = JSON.stringify(found.map((m) => {"
+        "const s = new CharRNN.Stepper(m); return ids.map((id) => Array.from(s.step(id)));"
+        "}));</script>"
+    )
+    shutil.copy(Path(web.__file__).parent / "static" / "charrnn.js", tmp_path)
+    (tmp_path / "steps.html").write_text("\n".join(page), encoding="utf-8")
+    dom = _dump((tmp_path / "steps.html").as_uri())
+    got = json.loads(html.unescape(re.search(r'<pre id="result">(.*?)</pre>', dom, re.S)[1]))
+    for case, logits, want in zip(CASES, got, expected, strict=True):
+        assert np.abs(np.array(logits) - want).max() < 1e-4, case
+        assert np.abs(want).max() > 1.0, case
