@@ -8,7 +8,7 @@ DEMO_OUT   ?= checkpoints/demo
 DEMO_LIMIT ?= 2m
 DEMO_ARGS  ?=
 
-.PHONY: install demo test smoke lint format bench bench-quick bench-novelty clean
+.PHONY: install browser demo test smoke lint format bench bench-quick bench-novelty bench-web clean
 
 install: $(STAMP)
 
@@ -24,7 +24,19 @@ demo: $(STAMP)
 	@echo >&2 'next: source $(VENV)/bin/activate   # puts charrnn on your PATH'
 	@echo >&2 '      charrnn sample -c $(DEMO_OUT)/best.pt --seed "JULIET:" --length 300'
 
-test: $(STAMP)
+# The browser tests (the neurons page, the web export) need Chromium. Where it is missing and
+# this is root on Debian/Ubuntu, install it; otherwise those tests skip. Never fails the build.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the browser tests (apt-get)" >&2; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
+		echo "could not install chromium: the browser tests will be skipped" >&2; \
+	else echo "no chromium (and no root apt-get): the browser tests will be skipped" >&2; fi
+
+test: $(STAMP) browser
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q -n 2  # two workers: the suite is CPU-bound, one thread per test
@@ -55,6 +67,9 @@ bench-quick: $(STAMP)
 
 bench-novelty: $(STAMP)
 	$(PY) bench/novelty.py
+
+bench-web: $(STAMP)
+	$(PY) bench/web_export.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

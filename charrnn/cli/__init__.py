@@ -26,9 +26,10 @@ from .streams import err, muted
 from . import train
 from . import generate
 from . import inspect
+from . import export
 # isort: on
 
-__all__ = ["app", "generate", "inspect", "main", "train"]
+__all__ = ["app", "export", "generate", "inspect", "main", "train"]
 
 
 def main() -> None:
