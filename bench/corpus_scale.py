@@ -167,7 +167,9 @@ def prepare_rows(tmp, mb=1000, rounds=3, kinds=KINDS, log=print) -> list[tuple[s
                     floor,
                     f"{med(name, 0):.1f} s, {med(name, 2):.0f} MB RssAnon peak "
                     f"({med(name, 1):.0f} MB RSS)",
-                    f"{sizes[kind] / (med(name, 0) - med('floor', 0)):,.0f} MB/s after imports",
+                    f"{sizes[kind] / (med(name, 0) - med('floor', 0)):,.0f} MB/s after imports"
+                    if sizes[kind] >= 100
+                    else "memory reference for the rows above",
                 )
             )
     for path in paths.values():
