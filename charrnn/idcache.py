@@ -34,15 +34,18 @@ import numpy as np
 import torch
 
 from . import sources as _sources
+from . import utf8
 from .cachedir import CACHE_ENV, default_cache_dir
 from .errors import CacheError, CorpusError
 from .filemode import shared_mode
 from .sources import FileDecoder, Sources, decoder_warnings, read_chunks
+from .utf8 import Utf8Text
 from .vocab import Vocab, id_dtype
 
 FORMAT = "charrnn-ids"
 VERSION = 1
 _MAX_CODE_POINT = 0x110000
+_HIGH_BYTES = bytes(range(128, 256))
 
 
 def _hasher() -> hashlib._Hash:
@@ -195,27 +198,31 @@ class _Provisional:
         self.slot_cps: list[int] = list(range(128))  # slot -> code point
         self.count = 0
 
-    def add(self, piece: str | bytes) -> None:
-        if isinstance(piece, str):
-            if piece.isascii():
-                piece = piece.encode("ascii")
-            else:
-                self._add_codes(np.frombuffer(piece.encode("utf-32-le"), dtype=np.uint32))
-                return
-        # Pure ASCII bytes: the code points themselves; deleting the known characters
-        # finds new ones at memory speed.
-        new = piece.translate(None, self.known_ascii)
-        if new:
-            fresh = set(new)
-            self.seen[list(fresh)] = True
-            self.known_ascii += bytes(sorted(fresh))
+    def add(self, piece: str | bytes | Utf8Text) -> None:
+        if isinstance(piece, str):  # from another codec, checked: its UTF-8 is valid
+            piece = piece.encode() if piece.isascii() else utf8.scan(piece.encode())  # type: ignore
+        if isinstance(piece, Utf8Text):
+            self._add_utf8(piece)
+            return
+        self._note_ascii(piece)
         if self.wide:
             self._write(np.frombuffer(piece, dtype=np.uint8).astype(np.uint32))
         else:
             self._write(piece)
         self.count += len(piece)
 
-    def _add_codes(self, codes: np.ndarray) -> None:  # codes: (n,) uint32 code points
+    def _note_ascii(self, data: bytes) -> None:
+        # Deleting the known characters (and non-ASCII bytes) finds new ones at memory speed.
+        new = data.translate(None, self.known_ascii + _HIGH_BYTES)
+        if new:
+            fresh = set(new)
+            self.seen[list(fresh)] = True
+            self.known_ascii += bytes(sorted(fresh))
+
+    def _add_utf8(self, piece: Utf8Text) -> None:
+        if piece.starts is not None:  # codes are the non-ASCII characters' only
+            self._note_ascii(piece.data)
+        codes = piece.codes  # (k,) uint32 code points
         unseen = codes[~self.seen[codes]]
         if len(unseen):
             new = np.unique(unseen)
@@ -230,10 +237,11 @@ class _Provisional:
                         self.slot[cp] = len(self.slot_cps)
                         self.slot_cps.append(cp)
         if self.wide:
-            self._write(codes)
+            ids = utf8.collapse(piece, codes)
         else:
-            self._write(self.slot[codes].astype(np.uint8))
-        self.count += len(codes)
+            ids = utf8.collapse(piece, self.slot[codes].astype(np.uint8))
+        self._write(ids)
+        self.count += len(ids)
 
     def _write(self, data: bytes | np.ndarray) -> None:
         self.f.write(data)
@@ -280,7 +288,9 @@ class _Provisional:
         lookup = np.zeros(int(present[-1]) + 1, dtype=dtype)
         lookup[present] = np.arange(len(present))
         out = _temp(self.folder, ".ids")
-        for chunk in _file_chunks(f, _sources.CHUNK_BYTES * 4):
+        # Whole code points (4 bytes each), a chunk's worth: lookup's intp temporaries cost
+        # 8 bytes per id.
+        for chunk in _file_chunks(f, 4 * max(1, _sources.CHUNK_BYTES // 4)):
             final = lookup[np.frombuffer(chunk, dtype=np.uint32)].tobytes()
             out.write(final)
             crc = zlib.crc32(final, crc)

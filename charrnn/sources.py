@@ -25,7 +25,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from . import utf8
 from .errors import CorpusError, UsageError
+from .utf8 import Utf8Text
 
 STDIN = "-"
 STDIN_NAME = "<stdin>"
@@ -285,10 +287,15 @@ class FileDecoder:
         self._nul_is_binary = not is_wide(encoding)
         self._fast = encoding in ASCII_COMPATIBLE
         self._check_surrogates = not encoding.replace("_", "-").startswith(_NO_SURROGATES)
+        # UTF-8 is checked and decoded from the bytes (utf8.scan); the Python codec is used
+        # only to word an error and for the bytes of a character cut at the end of the file.
+        self._utf8 = encoding == "utf-8"
+        self._held = b""  # the start of a character cut by the chunk's end (UTF-8 only)
 
-    def feed(self, data: bytes) -> str | bytes:
+    def feed(self, data: bytes) -> str | bytes | Utf8Text:
         """The text of the next chunk. A chunk of pure ASCII in an ASCII-compatible encoding
-        comes back as the bytes themselves: they are already the code points."""
+        comes back as the bytes themselves: they are already the code points; other UTF-8
+        as a Utf8Text (its bytes, checked, and the code points of its non-ASCII characters)."""
         if self.offset == 0 and self._nul_is_binary:
             hint = utf16_hint(data[:SNIFF_BYTES])
             if hint:
@@ -300,17 +307,45 @@ class FileDecoder:
                     f"{self.label} looks like binary data (a NUL byte at offset "
                     f"{self.offset + nul}): pass a text file"
                 )
-        if self._fast and data.isascii() and not self._decoder.getstate()[0]:
+        if self._fast and data.isascii() and not self._held and not self._decoder.getstate()[0]:
             self.offset += len(data)
             self.started = self.started or bool(data)
             return data
+        if self._utf8:
+            return self._feed_utf8(data)
         text = self._decode(data, final=False)
         self.offset += len(data)
         return text
 
+    def _feed_utf8(self, data: bytes) -> Utf8Text | str:
+        held, data = self._held, self._held + data if self._held else data
+        self.offset -= len(held)  # `data` now starts where the held bytes did
+        end = utf8.complete_length(data)
+        whole, self._held = (data[:end], data[end:]) if end < len(data) else (data, b"")
+        scanned = utf8.scan(whole)
+        if scanned is None:  # not UTF-8: the codec says where and why (and raises)
+            text = self._decode(data, final=False)
+            self._held = self._decoder.getstate()[0]
+            self._decoder.reset()
+            self.offset += len(data)
+            return text
+        self.offset += len(data)
+        if not self.started and whole:
+            self.started = True
+            if whole.startswith(codecs.BOM_UTF8):  # it marks the encoding; it is not text
+                self.bom = True
+                bom = len(codecs.BOM_UTF8)
+                starts = None if scanned.starts is None else scanned.starts[1:] - bom
+                return Utf8Text(whole[bom:], starts, scanned.codes[1:])
+        return scanned
+
     def finish(self) -> str:
         """The text still held back (the end of a multi-byte character), at the end of the file."""
-        return self._decode(b"", final=True)
+        held, self._held = self._held, b""
+        self.offset -= len(held)
+        text = self._decode(held, final=True)
+        self.offset += len(held)
+        return text
 
     def _decode(self, data: bytes, final: bool) -> str:
         pending = len(self._decoder.getstate()[0])
@@ -318,8 +353,8 @@ class FileDecoder:
             text = self._decoder.decode(data, final)
         except UnicodeDecodeError as e:
             # `head -c` cuts a file mid-character; keep the text and drop the partial one.
-            if final and e.reason == "unexpected end of data" and e.end == pending:
-                self.cut = pending - e.start
+            if final and e.reason == "unexpected end of data" and e.end == pending + len(data):
+                self.cut = pending + len(data) - e.start
                 self._decoder.reset()
                 text = ""
             else:
@@ -345,6 +380,13 @@ class FileDecoder:
         return text
 
 
+def as_str(piece: str | bytes | Utf8Text) -> str:
+    """A piece of `FileDecoder.feed` as text."""
+    if isinstance(piece, bytes):
+        return piece.decode("ascii")
+    return piece if isinstance(piece, str) else piece.text()
+
+
 def read_all(path: str, encoding: str, role: str = "corpus") -> tuple[str, list[str]]:
     """One source read whole (for `eval` and small texts): the text and its warnings."""
     encoding = check_encoding(encoding)
@@ -359,7 +401,7 @@ def read_all(path: str, encoding: str, role: str = "corpus") -> tuple[str, list[
     parts = []
     for chunk in read_chunks(source, role):
         piece = decoder.feed(chunk)
-        parts.append(piece.decode("ascii") if isinstance(piece, bytes) else piece)
+        parts.append(as_str(piece))
     parts.append(decoder.finish())
     return "".join(parts), decoder_warnings([(source.name, decoder)], role)
 
