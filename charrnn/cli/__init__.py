@@ -26,9 +26,10 @@ from .streams import err, muted
 from . import train
 from . import generate
 from . import inspect
+from . import serve
 # isort: on
 
-__all__ = ["app", "generate", "inspect", "main", "train"]
+__all__ = ["app", "generate", "inspect", "main", "serve", "train"]
 
 
 def main() -> None:
