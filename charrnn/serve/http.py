@@ -103,7 +103,11 @@ def _health(engine: Engine, model: Any, limits: Limits) -> dict[str, Any]:
         "model": repr(model),
         "active_streams": stats["active"],
         "queued_streams": stats["queued"],
-        **{k: v for k, v in stats.items() if k not in ("active", "queued")},
+        "streams_started": stats["started"],
+        "streams_finished": stats["finished"],
+        "streams_cancelled": stats["cancelled"],  # their client hung up
+        "chars_generated": stats["chars"],
+        "steps": stats["steps"],  # batched steps: fewer than chars when streams share them
         "limits": vars(limits),
     }
 
@@ -172,7 +176,9 @@ def _schema(fields: dict[str, tuple]) -> dict[str, Any]:
     """The request body's JSON schema for the OpenAPI docs (the checks are requests.py's)."""
     kinds = {"a string": "string", "an integer": "integer", "a number": "number"}
     properties = {
-        name: {"type": kinds.get(word, "boolean"), **({"nullable": True} if nullable else {})}
+        name: {
+            "type": [kinds.get(word, "boolean"), "null"] if nullable else kinds.get(word, "boolean")
+        }
         for name, (_, word, nullable) in fields.items()
     }
     schema = {"type": "object", "properties": properties, "additionalProperties": False}
