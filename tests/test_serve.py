@@ -310,3 +310,25 @@ def test_the_engine_alone_batches_and_frees_rows(model):
     assert stats["steps"] < stats["chars"]  # rows advanced together
     assert "".join(texts[3]) == model.sample(seed="T", length=500, random_seed=5)
     assert len("".join(texts[1])) == 2001
+
+
+def test_batched_rows_follow_the_model_as_the_batch_grows_and_shrinks(model):
+    """Streams that share the batched step (5 rows, then 4, 3, 2, 1 as they end: padded,
+    row by row, whole) draw what the model says: at a near-zero temperature, the argmax
+    text of `charrnn sample -t 0`."""
+    engine = Engine(model, max_streams=8, max_queue=8).start()
+    seeds, lengths = ["T", "Th", "A", "W", "He"], [40, 70, 100, 130, 160]
+    texts: dict[int, list[str]] = {i: [] for i in range(5)}
+    done = threading.Semaphore(0)
+
+    def sink(i):
+        return lambda text, end: (texts[i].append(text), end and done.release())
+
+    for i, (seed, length) in enumerate(zip(seeds, lengths, strict=True)):
+        ids = [model.vocab.index[c] for c in seed]
+        engine.submit(Job(seed, ids, SampleConfig(length=length, temperature=1e-6)), sink(i))
+    for _ in range(5):
+        assert done.acquire(timeout=30)
+    engine.close()
+    for i, (seed, length) in enumerate(zip(seeds, lengths, strict=True)):
+        assert "".join(texts[i]) == model.sample(seed=seed, length=length, temperature=0)

@@ -34,6 +34,7 @@ from ..sample import MIN_TEMPERATURE, UNIFORM_BLOCK, NumpyStepper, draw, feed_se
 Sink = Callable[[str, "str | None"], None]
 
 
+ROW_BLOCK = 4  # rows of a batched step are padded to a multiple of this
 # Seconds between hand-outs of text: 50 a second reads as a smooth stream.
 FLUSH_SECONDS = 0.02
 
@@ -102,7 +103,10 @@ class Stats:
 
 
 class Engine:
-    """The model, the active streams and the thread that steps them."""
+    """The model, the active streams and the thread that steps them.
+
+    Give BLAS one thread first (serve.server.one_thread): OpenBLAS's own threads, on a busy
+    2-core machine, made each step several times slower."""
 
     def __init__(
         self,
@@ -293,6 +297,7 @@ class _Batch:
         if s.c is not None:
             s.c = np.concatenate([s.c, one.c], axis=1)  # (L, S + 1, H)
         self.logits = np.concatenate([self.logits, stream.logits])
+        self.ids = np.append(self.ids, 0)  # rows stay aligned until the next draw sets ids
         self.streams.append(stream)
         stream.logits = None
 
@@ -322,8 +327,33 @@ class _Batch:
         return list(zip(self.streams, self.ids.tolist(), strict=True))
 
     def advance(self) -> None:
-        if self.streams:
+        """One step for every row. OpenBLAS multiplies 2 or 3 rows more slowly than 4, and
+        those more slowly than one row at a time (measured in docs: serve): 2 or 3 rows
+        step one by one, and other counts are padded to a multiple of 4."""
+        rows = len(self.streams)
+        if rows in (2, 3):
+            self.logits = np.concatenate(
+                [self._row(i).step(self.ids[i : i + 1]) for i in range(rows)]
+            )
+        elif rows % ROW_BLOCK:
+            s, pad = self.stepper, ROW_BLOCK - rows % ROW_BLOCK
+            s.xh = [np.concatenate([a, np.zeros((pad, a.shape[1]), a.dtype)]) for a in s.xh]
+            if s.c is not None:
+                s.c = np.concatenate(
+                    [s.c, np.zeros((s.c.shape[0], pad, s.c.shape[2]), s.c.dtype)], axis=1
+                )
+            self.logits = s.step(np.concatenate([self.ids, np.zeros(pad, np.int64)]))[:rows]
+            s.xh = [a[:rows] for a in s.xh]
+            s.c = None if s.c is None else s.c[:, :rows]
+        elif rows:
             self.logits = self.stepper.step(self.ids)  # (S, V)
+
+    def _row(self, i: int) -> NumpyStepper:
+        """A one-row stepper over row i's state: it steps that row in place."""
+        row = copy.copy(self.stepper)
+        row.xh = [a[i : i + 1] for a in self.stepper.xh]
+        row.c = None if row.c is None else self.stepper.c[:, i : i + 1]
+        return row
 
 
 def wait_idle(engine: Engine, timeout: float) -> bool:
