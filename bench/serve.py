@@ -8,7 +8,9 @@ Starts the real server (`python -m charrnn serve`) in a subprocess on a free por
 each count N sends N requests at once from one asyncio client (plain sockets, HTTP/1.0, so
 the client costs little of the CPU it shares with the server) and times them: aggregate =
 N x length / seconds until the last stream ends; per-stream = the mean over streams of
-length / that stream's seconds. The median of --runs runs each. Without --checkpoint it
+length / that stream's seconds; and characters per CPU-second of the server process (user
++ system time from /proc), which a busy neighbour changes less than it changes the rates.
+The median of --runs runs each, the runs taken in turn over the counts. Without --checkpoint it
 trains a default-size model for one step (its speed does not depend on how well it is
 trained). The machine is shared: note `uptime` beside the numbers.
 """
@@ -103,28 +105,46 @@ def main() -> None:
         port = free_port()
         proc = start_server(checkpoint, port, max(counts))
         try:
-            rows = []
-            for n in counts:
-                runs = [asyncio.run(one_run(port, n, args.length)) for _ in range(args.runs)]
-                agg = statistics.median(r[0] for r in runs)
-                per = statistics.median(r[1] for r in runs)
-                rows.append((n, agg, per))
-                print(
-                    f"{n:>3} streams: {agg:>8,.0f} chars/s in all, {per:>7,.0f} per stream",
-                    file=sys.stderr,
-                )
+            # Runs go round the counts, so a neighbour's load falls on every count alike.
+            results: dict[int, list] = {n: [] for n in counts}
+            for _ in range(args.runs):
+                for n in counts:
+                    cpu0 = cpu_seconds(proc.pid)
+                    agg, per = asyncio.run(one_run(port, n, args.length))
+                    results[n].append((agg, per, n * args.length / (cpu_seconds(proc.pid) - cpu0)))
+                    print(
+                        f"{n:>3} streams: {agg:>8,.0f} chars/s in all, {per:>7,.0f} per stream",
+                        file=sys.stderr,
+                    )
+            rows = [
+                (n, *(statistics.median(r[i] for r in results[n]) for i in range(3)))
+                for n in counts
+            ]
         finally:
             proc.terminate()
             proc.wait(15)
-    base = rows[0][1]
+    base, base_cpu = rows[0][1], rows[0][3]
     print(
         f"\n{args.length:,} characters per stream, median of {args.runs} runs; load: "
         f"{os.getloadavg()[0]:.2f}\n"
     )
-    print("| streams | chars/s, all streams | chars/s, per stream | x one stream |")
-    print("| ---: | ---: | ---: | ---: |")
-    for n, agg, per in rows:
-        print(f"| {n} | {agg:,.0f} | {per:,.0f} | {agg / base:.1f}x |")
+    print(
+        "| streams | chars/s, all streams | chars/s, per stream | x one stream "
+        "| chars per server CPU-second | x one stream |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n, agg, per, cpu in rows:
+        print(
+            f"| {n} | {agg:,.0f} | {per:,.0f} | {agg / base:.1f}x | {cpu:,.0f} "
+            f"| {cpu / base_cpu:.1f}x |"
+        )
+
+
+def cpu_seconds(pid: int) -> float:
+    """The server process's user + system CPU time, all its threads (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -264,10 +264,13 @@ def test_a_full_queue_is_503_with_retry_after(server):
 
 def test_sigterm_cuts_open_streams_and_exits_soon(checkpoint):
     proc, port = start(checkpoint, "--host", "0.0.0.0", "--max-length", "1000000")
-    sock = open_stream(port)
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(10)
+    try:
+        sock = open_stream(port)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    finally:
+        proc.kill()  # never left running, whatever failed above
     # A graceful stop, then uvicorn ends the process by the signal, as its default would.
     assert time.monotonic() - t0 < 10 and proc.returncode == -signal.SIGTERM
     sock.settimeout(5)

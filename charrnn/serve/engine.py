@@ -328,14 +328,14 @@ class _Batch:
 
     def advance(self) -> None:
         """One step for every row. OpenBLAS multiplies 2 or 3 rows more slowly than 4, and
-        those more slowly than one row at a time (measured in docs: serve): 2 or 3 rows
-        step one by one, and other counts are padded to a multiple of 4."""
+        those more slowly than one row at a time (bench/serve.py): 2 or 3 rows step one
+        by one, and counts above 4 are padded to a multiple of 4; one row is a gemv."""
         rows = len(self.streams)
         if rows in (2, 3):
             self.logits = np.concatenate(
                 [self._row(i).step(self.ids[i : i + 1]) for i in range(rows)]
             )
-        elif rows % ROW_BLOCK:
+        elif rows > 1 and rows % ROW_BLOCK:
             s, pad = self.stepper, ROW_BLOCK - rows % ROW_BLOCK
             s.xh = [np.concatenate([a, np.zeros((pad, a.shape[1]), a.dtype)]) for a in s.xh]
             if s.c is not None:
