@@ -3,6 +3,7 @@
 
     python bench/serve.py                       # the default model (LSTM 2 x 256), 4,000 chars
     python bench/serve.py --checkpoint run/best.pt --streams 1,16 --runs 5
+    python bench/serve.py --checkpoint run/best.pt --stepper   # the model's step alone
 
 Starts the real server (`python -m charrnn serve`) in a subprocess on a free port, then for
 each count N sends N requests at once from one asyncio client (plain sockets, HTTP/1.0, so
@@ -98,8 +99,14 @@ def main() -> None:
     parser.add_argument("--streams", default="1,2,4,8,16,32,64")
     parser.add_argument("--length", type=int, default=4000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--stepper", action="store_true", help="time the model's step alone, by rows"
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.streams.split(",")]
+    if args.stepper:
+        with tempfile.TemporaryDirectory() as tmp:
+            return time_stepper(args.checkpoint or default_checkpoint(tmp), counts)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or default_checkpoint(tmp)
         port = free_port()
@@ -138,6 +145,34 @@ def main() -> None:
             f"| {n} | {agg:,.0f} | {per:,.0f} | {agg / base:.1f}x | {cpu:,.0f} "
             f"| {cpu / base_cpu:.1f}x |"
         )
+
+
+def time_stepper(checkpoint: str, counts: list[int]) -> None:
+    """CPU microseconds of one step of the sampler's stepper for N rows, one BLAS thread
+    (as the server runs it): the best of 5 blocks of 300 steps (time.thread_time)."""
+    sys.path.insert(0, ROOT)
+    import numpy as np
+
+    import charrnn
+    from charrnn.sample import NumpyStepper
+    from charrnn.serve.server import one_thread
+
+    one_thread()
+    model = charrnn.load(checkpoint)
+    print("| rows | µs of CPU per step | µs per row | x one row's cost |")
+    print("| ---: | ---: | ---: | ---: |")
+    one = None
+    for n in counts:
+        stepper, ids = NumpyStepper(model.module, n), np.zeros(n, np.int64)
+        blocks = []
+        for _ in range(5):
+            t0 = time.thread_time()
+            for _ in range(300):
+                stepper.step(ids)
+            blocks.append((time.thread_time() - t0) / 300 * 1e6)
+        us = min(blocks)
+        one = one or us
+        print(f"| {n} | {us:,.0f} | {us / n:,.0f} | {us / one:.1f}x |")
 
 
 def cpu_seconds(pid: int) -> float:
