@@ -335,3 +335,19 @@ def test_batched_rows_follow_the_model_as_the_batch_grows_and_shrinks(model):
     engine.close()
     for i, (seed, length) in enumerate(zip(seeds, lengths, strict=True)):
         assert "".join(texts[i]) == model.sample(seed=seed, length=length, temperature=0)
+
+
+def test_a_fault_in_the_engine_ends_every_stream(model):
+    engine = Engine(model)
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    engine.batch.advance = broken
+    ends: list[str] = []
+    ended = threading.Event()
+    engine.start().submit(
+        Job("T", [model.vocab.index["T"]], SampleConfig(length=100)),
+        lambda text, end: end and (ends.append(end), ended.set()),
+    )
+    assert ended.wait(10) and ends == ["error"] and "boom" in engine.error

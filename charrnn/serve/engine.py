@@ -129,7 +129,8 @@ class Engine:
         self.pending: deque[Stream] = deque()
         self.stats = Stats()
         self.lock = threading.Condition()
-        self.closing: str | None = None
+        self.closing: str | None = None  # "shutdown", or "error" if the thread failed
+        self.error: str | None = None
         self.thread = threading.Thread(target=self._run, name="charrnn-engine", daemon=True)
 
     def start(self) -> Engine:
@@ -165,6 +166,15 @@ class Engine:
     # ------------------------------------------------------------ the engine thread
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as e:  # a fault must not leave every client waiting forever
+            self.error = f"{type(e).__name__}: {e}"
+            with self.lock:
+                self.closing = "error"
+        self._cut_all()
+
+    def _loop(self) -> None:
         out: list[tuple[Stream, str, str | None]] = []
         flushed = time.monotonic()
         while True:
@@ -186,7 +196,6 @@ class Engine:
                 self.deliver(_merged(out))
                 out, flushed = [], now
         self.deliver(_merged(out))
-        self._cut_all()
 
     def _admit(self) -> list[Stream]:
         """Take waiting streams into free rows (under the lock)."""

@@ -99,7 +99,8 @@ async def _generate(
 def _health(engine: Engine, model: Any, limits: Limits) -> dict[str, Any]:
     stats = engine.snapshot()
     return {
-        "status": "shutting_down" if engine.closing else "ok",
+        "status": {None: "ok", "shutdown": "shutting_down"}.get(engine.closing, "error"),
+        **({"error": engine.error} if engine.error else {}),
         "model": repr(model),
         "active_streams": stats["active"],
         "queued_streams": stats["queued"],
