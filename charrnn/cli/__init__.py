@@ -27,9 +27,10 @@ from . import train
 from . import generate
 from . import inspect
 from . import export
+from . import serve
 # isort: on
 
-__all__ = ["app", "export", "generate", "inspect", "main", "train"]
+__all__ = ["app", "export", "generate", "inspect", "main", "serve", "train"]
 
 
 def main() -> None:

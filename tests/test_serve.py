@@ -1,0 +1,353 @@
+"""`charrnn serve`: the real server in a subprocess on a free port, with the tiny trained
+model of conftest.py; the engine alone, without HTTP."""
+
+from __future__ import annotations
+
+import html
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from conftest import run_cli
+
+import charrnn
+from charrnn.config import SampleConfig
+from charrnn.serve import Engine, Job
+
+pytestmark = pytest.mark.slow
+MAX_STREAMS, MAX_QUEUE = 6, 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(checkpoint: str, *flags: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "charrnn", "serve", checkpoint, "--port", str(port), *flags]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if get(port, "/health")[0] == 200:
+                return proc, port
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the server did not start")
+
+
+def request(port: int, method: str, path: str, body=None, raw: bytes | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    return response.status, response.read().decode("utf-8"), response
+
+
+def get(port: int, path: str):
+    status, text, _ = request(port, "GET", path)
+    return status, text
+
+
+def health(port: int) -> dict:
+    return json.loads(get(port, "/health")[1])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(trained) -> str:
+    return os.path.join(trained, "best.pt")
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return charrnn.load(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    proc, port = start(
+        checkpoint, "--max-streams", str(MAX_STREAMS), "--max-queue", str(MAX_QUEUE),
+        "--max-length", "1000000",
+    )  # fmt: skip
+    yield port
+    proc.terminate()
+    proc.wait(15)
+
+
+def test_a_stream_is_the_seed_then_the_text_of_charrnn_sample(server, checkpoint):
+    body = {"seed": "Th", "length": 300, "temperature": 0.9, "random_seed": 7}
+    status, text, response = request(server, "POST", "/v1/generate", body)
+    assert status == 200 and response.getheader("Transfer-Encoding") == "chunked"
+    cli = run_cli("sample", "-c", checkpoint, "--seed", "Th", "-n", "300", "-t", "0.9",
+                  "--random-seed", "7")  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert text == cli.stdout.removesuffix("\n") and text.startswith("Th")
+    assert len(text) == 302
+
+
+def test_stream_false_answers_one_json_body(server, model):
+    body = {"seed": "A", "length": 80, "stop_at": "e", "random_seed": 3, "stream": False}
+    status, text, _ = request(server, "POST", "/v1/generate", body)
+    answer = json.loads(text)
+    expected = model.sample(seed="A", length=80, stop_at="e", random_seed=3)
+    assert status == 200 and answer["text"] == expected
+    assert answer["generated"] == expected[1:] and answer["seed"] == "A"
+    assert answer["finish_reason"] == ("stop" if expected.endswith("e") else "length")
+
+
+def test_concurrent_streams_each_give_their_own_sample(server, model):
+    """Seeded streams run beside each other and beside unseeded ones (which share the
+    batched step) and each still gives exactly the library's text for its options."""
+    seeded = [
+        {"seed": "T", "length": 400, "random_seed": 1},
+        {"seed": "He", "length": 350, "random_seed": 2, "temperature": 1.2, "top_k": 5},
+        {"seed": "A", "length": 300, "random_seed": 3, "top_p": 0.8},
+        {"seed": "W", "length": 250, "temperature": 0},
+    ]
+    noise = [{"seed": "T", "length": 500}] * 2
+    results: dict[int, str] = {}
+
+    def fetch(i: int, body: dict) -> None:
+        results[i] = request(server, "POST", "/v1/generate", body)[1]
+
+    threads = [threading.Thread(target=fetch, args=x) for x in enumerate(seeded + noise)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i, body in enumerate(seeded):
+        assert results[i] == model.sample(**body), body
+    assert all(len(results[i]) == 501 for i in range(len(seeded), len(threads)))
+
+
+def test_score_is_charrnn_eval(server, model):
+    text = "To be, or not to be, that is the question"
+    status, answer, _ = request(server, "POST", "/v1/score", {"text": text})
+    answer = json.loads(answer)
+    assert status == 200 and answer["loss_nats"] == pytest.approx(model.score(text), rel=1e-6)
+    assert answer["num_predicted"] == len(text) - 1
+
+
+def test_health_playground_and_openapi(server):
+    info = health(server)
+    assert info["status"] == "ok" and info["limits"]["max_streams"] == MAX_STREAMS
+    status, page = get(server, "/")
+    assert status == 200 and "/v1/generate" in page and 'id="output"' in page
+    # Static: nothing is fetched from anywhere but this server.
+    assert "http:" not in page and "https:" not in page and "src=" not in page
+    spec = json.loads(get(server, "/openapi.json")[1])
+    assert {"/v1/generate", "/v1/score", "/health"} <= set(spec["paths"])
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed")
+def test_the_playground_streams_text_in_a_browser(server, model, tmp_path):
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}",
+        "--virtual-time-budget=20000",
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{server}/?seed=Th&length=200&temperature=0.7&random_seed=9"
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=90
+    ).stdout
+    assert 'data-done="yes"' in dom
+    shown = html.unescape(dom.split('<pre id="output">')[1].split("</pre>")[0])
+    assert shown == model.sample(seed="Th", length=200, temperature=0.7, random_seed=9)
+
+
+@pytest.mark.parametrize(
+    "raw, status, field",
+    [
+        (b"not json", 400, None),
+        (b"[1, 2]", 400, None),
+        (b'{"seed": "Th\\u2603"}', 422, "seed"),
+        (b'{"seed": ""}', 422, "seed"),
+        (b'{"length": -1}', 422, "length"),
+        (b'{"length": 10000000}', 422, "length"),
+        (b'{"length": "5"}', 422, "length"),
+        (b'{"temperature": true}', 422, "temperature"),
+        (b'{"temperature": -1}', 422, "temperature"),
+        (b'{"top_p": 1.5}', 422, "top_p"),
+        (b'{"top_k": 0}', 422, "top_k"),
+        (b'{"random_seed": -2}', 422, "random_seed"),
+        (b'{"stop_at": "\\u2603"}', 422, "stop_at"),
+        (b'{"stream": "yes"}', 422, "stream"),
+        (b'{"lenght": 5}', 422, "lenght"),
+    ],
+)
+def test_bad_requests_name_the_field(server, raw, status, field):
+    got, text, _ = request(server, "POST", "/v1/generate", raw=raw)
+    error = json.loads(text)["error"]
+    assert (got, error["field"]) == (status, field)
+    assert error["message"] and "\n" not in error["message"]
+
+
+def test_bad_score_requests_and_a_body_too_big(server):
+    got, text, _ = request(server, "POST", "/v1/score", {"text": "\u2603\u2603"})
+    assert (got, json.loads(text)["error"]["field"]) == (422, "text")
+    got, text, _ = request(server, "POST", "/v1/score", raw=b'{"text": "' + b"a" * 2**21 + b'"}')
+    assert got == 413 and "bytes" in json.loads(text)["error"]["message"]
+
+
+def open_stream(port: int, length: int = 1_000_000) -> socket.socket:
+    """A streaming request whose first text has arrived; its reader reads no more."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    body = json.dumps({"seed": "T", "length": length}).encode()
+    sock.sendall(
+        b"POST /v1/generate HTTP/1.1\r\nHost: x\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    )  # fmt: skip
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    return sock
+
+
+def wait_for(port: int, condition, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = health(port)
+        if condition(info) or time.monotonic() > deadline:
+            return info
+        time.sleep(0.05)
+
+
+def test_a_client_that_hangs_up_stops_costing(server):
+    before = health(server)
+    sock = open_stream(server)
+    assert wait_for(server, lambda h: h["active_streams"] == 1)["active_streams"] == 1
+    sock.close()
+    after = wait_for(server, lambda h: h["active_streams"] == 0)
+    assert after["active_streams"] == 0
+    assert after["streams_cancelled"] == before["streams_cancelled"] + 1
+    chars = after["chars_generated"]
+    time.sleep(0.3)
+    assert health(server)["chars_generated"] == chars  # nothing generated for it any more
+
+
+def test_a_full_queue_is_503_with_retry_after(server):
+    socks = [open_stream(server) for _ in range(MAX_STREAMS)]
+    # Queued streams have their status line only once they start: send, don't wait.
+    queued = []
+    for _ in range(MAX_QUEUE):
+        sock = socket.create_connection(("127.0.0.1", server))
+        body = b'{"length": 1000000}'
+        sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Length: 19\r\n\r\n" + body)
+        queued.append(sock)
+    wait_for(server, lambda h: h["queued_streams"] == MAX_QUEUE)
+    status, text, response = request(server, "POST", "/v1/generate", {"length": 5})
+    assert status == 503 and response.getheader("Retry-After") == "1"
+    assert "busy" in json.loads(text)["error"]["message"]
+    for sock in socks + queued:
+        sock.close()
+    info = wait_for(server, lambda h: h["active_streams"] == 0 and h["queued_streams"] == 0)
+    assert (info["active_streams"], info["queued_streams"]) == (0, 0)
+    assert request(server, "POST", "/v1/generate", {"length": 5})[0] == 200
+
+
+def test_sigterm_cuts_open_streams_and_exits_soon(checkpoint):
+    proc, port = start(checkpoint, "--host", "0.0.0.0", "--max-length", "1000000")
+    try:
+        sock = open_stream(port)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    finally:
+        proc.kill()  # never left running, whatever failed above
+    # A graceful stop, then uvicorn ends the process by the signal, as its default would.
+    assert time.monotonic() - t0 < 10 and proc.returncode == -signal.SIGTERM
+    sock.settimeout(5)
+    while sock.recv(65536):  # the stream ends (the server closed it), it does not hang
+        pass
+    stderr = proc.stderr.read()
+    assert "anyone who can reach port" in stderr and "--host 127.0.0.1" in stderr
+    assert "Finished server process" in stderr
+
+
+def test_without_the_extra_the_error_names_it(checkpoint):
+    code = (
+        "import sys; sys.modules['fastapi'] = None; sys.argv = ['charrnn', 'serve', "
+        f"{checkpoint!r}]; from charrnn.cli import main; main()"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "pip install 'charrnn[serve]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_engine_alone_batches_and_frees_rows(model):
+    """No HTTP: unseeded streams share one batched step; a cancelled one leaves it."""
+    engine = Engine(model, max_streams=8, max_queue=0).start()
+    texts: dict[int, list[str]] = {i: [] for i in range(4)}
+    done = threading.Semaphore(0)
+
+    def sink(i):
+        return lambda text, end: (texts[i].append(text), end and done.release())
+
+    ids = [model.vocab.index["T"]]
+    jobs = [Job("T", ids, SampleConfig(length=2000)) for _ in range(3)]
+    jobs.append(Job("T", ids, SampleConfig(length=500, random_seed=5)))
+    streams = [engine.submit(job, sink(i)) for i, job in enumerate(jobs)]
+    streams[0].cancel()
+    for _ in range(3):
+        assert done.acquire(timeout=30)
+    engine.close()
+    stats = engine.snapshot()
+    assert stats["cancelled"] == 1 and stats["finished"] == 3
+    assert stats["steps"] < stats["chars"]  # rows advanced together
+    assert "".join(texts[3]) == model.sample(seed="T", length=500, random_seed=5)
+    assert len("".join(texts[1])) == 2001
+
+
+def test_batched_rows_follow_the_model_as_the_batch_grows_and_shrinks(model):
+    """Streams that share the batched step (5 rows, then 4, 3, 2, 1 as they end: padded,
+    row by row, whole) draw what the model says: at a near-zero temperature, the argmax
+    text of `charrnn sample -t 0`."""
+    engine = Engine(model, max_streams=8, max_queue=8).start()
+    seeds, lengths = ["T", "Th", "A", "W", "He"], [40, 70, 100, 130, 160]
+    texts: dict[int, list[str]] = {i: [] for i in range(5)}
+    done = threading.Semaphore(0)
+
+    def sink(i):
+        return lambda text, end: (texts[i].append(text), end and done.release())
+
+    for i, (seed, length) in enumerate(zip(seeds, lengths, strict=True)):
+        ids = [model.vocab.index[c] for c in seed]
+        engine.submit(Job(seed, ids, SampleConfig(length=length, temperature=1e-6)), sink(i))
+    for _ in range(5):
+        assert done.acquire(timeout=30)
+    engine.close()
+    for i, (seed, length) in enumerate(zip(seeds, lengths, strict=True)):
+        assert "".join(texts[i]) == model.sample(seed=seed, length=length, temperature=0)
+
+
+def test_a_fault_in_the_engine_ends_every_stream(model):
+    engine = Engine(model)
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    engine.batch.advance = broken
+    ends: list[str] = []
+    ended = threading.Event()
+    engine.start().submit(
+        Job("T", [model.vocab.index["T"]], SampleConfig(length=100)),
+        lambda text, end: end and (ends.append(end), ended.set()),
+    )
+    assert ended.wait(10) and ends == ["error"] and "boom" in engine.error
