@@ -62,12 +62,17 @@ def user_threads(torch_threads: int | None = None) -> int | None:
 
 
 def set_wait_policy() -> None:
-    """Idle OpenMP threads sleep instead of spinning, unless the user said otherwise.
+    """Idle OpenMP threads sleep instead of spinning, unless the user said otherwise; and
+    on a busy machine numpy's BLAS (the sampler's step) keeps to one thread.
 
-    OpenMP reads this once, when torch's library is loaded: call it before `import torch`
-    (the command line does; a Python program that imported torch keeps its own policy).
+    OpenMP and OpenBLAS read these once, when their library is loaded: call it before
+    `import torch` and numpy (the command line does; a Python program that imported them
+    keeps its own settings).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    chosen = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+    if busy_elsewhere() and not any(os.environ.get(name) for name in chosen):
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 
 _STARTED_WITH: list[int] = []
