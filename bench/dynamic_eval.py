@@ -105,7 +105,15 @@ def main() -> None:
     p.add_argument("--grid", action="store_true", help="tune lr x decay on the first half")
     p.add_argument("--lrs", type=float, nargs="+", default=[5e-5, 1e-4, 2e-4, 4e-4, 8e-4])
     p.add_argument("--decays", type=float, nargs="+", default=[0.0, 1e-3, 1e-2])
-    p.add_argument("--sgd-lrs", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2])
+    p.add_argument("--sgd-lrs", type=float, nargs="+", default=[0.1, 0.3])
+    p.add_argument(
+        "--rows",
+        type=float,
+        nargs=2,
+        action="append",
+        metavar=("LR", "DECAY"),
+        help="without --grid: an rms row on the whole tail (repeat for more)",
+    )
     p.add_argument("--segments", type=int, nargs="+", default=[])
     p.add_argument("--paper", action="store_true", help="also rms with MS_g from training text")
     p.add_argument("--paper-chars", type=int, default=200_000)
@@ -148,7 +156,10 @@ def main() -> None:
             config = DynamicConfig(rule="sgd", lr=lr)
             grid_row(f"sgd lr {lr:g} decay {config.decay:g}", dyn(model, first, config), base)
     else:
-        config = DynamicConfig(rule="sgd", lr=args.sgd_lrs[0])
+        for lr, decay in args.rows or []:
+            config = DynamicConfig(lr=lr, decay=decay)
+            row(f"rms lr {lr:g} decay {decay:g}", scored(dyn(model, tail, config)), None, base)
+        config = DynamicConfig(rule="sgd", lr=args.sgd_lrs[-1])
         name = f"sgd lr {config.lr:g} decay {config.decay:g}"
         row(name, scored(dyn(model, tail, config)), None, base)
     if args.paper:

@@ -48,7 +48,7 @@ class DynamicConfig:
     """How `eval --dynamic` adapts; the defaults were tuned on held-out Tiny Shakespeare
     (bench/dynamic_eval.py)."""
 
-    lr: float = 2e-4  # η: the step size (for rms, roughly each weight's change per step)
+    lr: float = 3e-4  # η: the step size (for rms, roughly each weight's change per step)
     decay: float = 1e-3  # λ: the fraction of the way back to the trained weights per step
     segment_len: int = 50  # characters scored between two steps (Krause et al.: 50)
     rule: str = "rms"  # "rms" (normalised steps) or "sgd" (plain gradient steps)

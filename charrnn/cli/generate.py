@@ -233,24 +233,24 @@ def eval_cmd(
     dynamic: bool = typer.Option(
         False,
         "--dynamic",
-        help="Dynamic evaluation: adapt to the text while scoring it, each segment scored and "
-        "then learned from (docs/dynamic-evaluation.md). The checkpoint is not changed.",
+        help="Adapt to the text while scoring it: each segment is scored, then learned from "
+        "(slower; the checkpoint is not changed). See docs/dynamic-evaluation.md.",
     ),
     dynamic_lr: float = typer.Option(
         None,
-        help=f"Step size of --dynamic. [default: {field_default(DynamicConfig, 'lr')}]",
+        help=f"Step size of --dynamic (default {field_default(DynamicConfig, 'lr')}).",
         show_default=False,
     ),
     dynamic_decay: float = typer.Option(
         None,
-        help="Fraction of the way back to the trained weights per --dynamic step. "
-        f"[default: {field_default(DynamicConfig, 'decay')}]",
+        help="Fraction of the way back to the trained weights per --dynamic step "
+        f"(default {field_default(DynamicConfig, 'decay')}).",
         show_default=False,
     ),
     dynamic_segment: int = typer.Option(
         None,
-        help="Characters scored between two --dynamic steps. "
-        f"[default: {field_default(DynamicConfig, 'segment_len')}]",
+        help="Characters scored between two --dynamic steps "
+        f"(default {field_default(DynamicConfig, 'segment_len')}).",
         show_default=False,
     ),
 ) -> None:
