@@ -148,20 +148,19 @@ def segments(ids: torch.Tensor, segment_len: int) -> Iterator[tuple[torch.Tensor
         yield ids[start:end], ids[start + 1 : end + 1]
 
 
-def segment_losses(
+def adapting(
     model: CharRNN,
     ids: torch.Tensor,
     config: DynamicConfig,
     device: torch.device,
     reference_ms: list[torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Each predicted character's cross-entropy (nats), (len(ids) - 1,), under dynamic
-    evaluation: segment by segment, scored, then learned from. The model's weights and
-    mode are restored before this returns, whatever happens."""
+) -> Iterator[torch.Tensor]:
+    """Each segment's per-character cross-entropy (nats), (T,) float64, under dynamic
+    evaluation: scored, then learned from. The model's weights and mode are restored when
+    the iteration ends (or is closed), whatever happens."""
     was_training = model.training
     model.eval()  # no dropout: the weights that score are the weights that are adapted
     adapter = Adapter(model, config, reference_ms)
-    losses = []
     hidden: Hidden | None = None
     try:
         # cuDNN's RNN runs backward only in training mode; torch's own kernels do not care.
@@ -171,7 +170,7 @@ def segment_losses(
                 y = y.to(device).long()  # (T,)
                 logits, hidden = model(x, hidden)  # (1, T, V)
                 loss = F.cross_entropy(logits[0].float(), y, reduction="none")  # (T,)
-                losses.append(loss.detach().double())  # scored: only now may it learn
+                yield loss.detach().double().cpu()  # scored: only now may it learn
                 if config.lr > 0 or config.decay > 0:
                     loss.mean().backward()
                     adapter.step()
@@ -179,7 +178,18 @@ def segment_losses(
     finally:
         adapter.restore()
         model.train(was_training)
-    return torch.cat(losses).cpu() if losses else torch.zeros(0, dtype=torch.float64)
+
+
+def segment_losses(
+    model: CharRNN,
+    ids: torch.Tensor,
+    config: DynamicConfig,
+    device: torch.device,
+    reference_ms: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Every predicted character's loss under dynamic evaluation, (len(ids) - 1,)."""
+    losses = list(adapting(model, ids, config, device, reference_ms))
+    return torch.cat(losses) if losses else torch.zeros(0, dtype=torch.float64)
 
 
 def evaluate_dynamic(
@@ -189,8 +199,10 @@ def evaluate_dynamic(
     device: torch.device,
     reference_ms: list[torch.Tensor] | None = None,
 ) -> float:
-    """Mean cross-entropy (nats/char) of predicting ids[1:] under dynamic evaluation."""
-    return segment_losses(model, ids, config, device, reference_ms).mean().item()
+    """Mean cross-entropy (nats/char) of predicting ids[1:] under dynamic evaluation,
+    holding one segment's losses at a time."""
+    total = sum(loss.sum().item() for loss in adapting(model, ids, config, device, reference_ms))
+    return total / (len(ids) - 1)
 
 
 def gradient_mean_squares(
