@@ -13,9 +13,14 @@ from .errors import TrainingInterrupted
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "TrainingInterrupted", "__version__", "load", "train"]
+__all__ = ["DynamicConfig", "Model", "TrainingInterrupted", "__version__", "load", "train"]
 
-_FROM_API = {"Model": "Model", "load": "load", "train": "python_train"}
+_FROM_API = {
+    "DynamicConfig": "DynamicConfig",
+    "Model": "Model",
+    "load": "load",
+    "train": "python_train",
+}
 
 
 def __getattr__(name: str):

@@ -38,6 +38,7 @@ from .config import ModelConfig, SampleConfig, TrainConfig
 from .corpus import corpus_from_prepared
 from .device import resolve_device
 from .distributed import DistributedError, FollowerExit, World, check_batch
+from .dynamic import DynamicConfig, as_dynamic_config, evaluate_dynamic
 from .errors import CorpusError, UsageError
 from .idcache import prepare as prepare_ids
 from .model import CharRNN
@@ -136,11 +137,17 @@ class Model:
             check_stop(config.stop_at, self.vocab)
         return config, seed
 
-    def score(self, text: str, name: str = "the text") -> float:
+    def score(
+        self, text: str, name: str = "the text", dynamic: bool | DynamicConfig = False
+    ) -> float:
         """Mean cross-entropy in nats per character of predicting each character of `text`
         from all those before it, from a zero state (`charrnn eval`). `name` is what error
-        messages call the text."""
+        messages call the text.
+
+        `dynamic=True` (or a DynamicConfig): adapt to the text while scoring it, each segment
+        scored, then learned from (`eval --dynamic`); this Model's weights stay as they are."""
         text, name = pycall.as_text("text", text), pycall.as_text("name", name)
+        config = as_dynamic_config(dynamic)
         ids, missing = encode_in(self.vocab, text)
         if missing:
             raise CorpusError(
@@ -152,6 +159,8 @@ class Model:
                 f"{name} has {len(ids)} character(s); scoring needs at least 2 (the first is "
                 "only context)"
             )
+        if config is not None:
+            return evaluate_dynamic(self.module, ids, config, self.device)
         return evaluate(self.module, ids, self.device)
 
 

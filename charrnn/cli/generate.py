@@ -3,6 +3,7 @@ it holds. Their results are data, on stdout."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..config import SampleConfig, describe_input
 from ..corpus import read_text
 from ..device import resolve_device
+from ..dynamic import DynamicConfig
 from ..errors import CheckpointError, CorpusError, UsageError
 from ..sources import check_encoding, read_all
 from ..training import LN2
@@ -214,6 +216,7 @@ def _read_seed(path: str, encoding: str, vocab: Vocab) -> str:
         "tail -c 111539 corpora/tinyshakespeare.txt > held_out.txt",
         "charrnn eval --checkpoint checkpoints/best.pt held_out.txt",
         "charrnn sample -n 5000 | charrnn eval - --json",
+        "charrnn eval held_out.txt --dynamic",
     ),
 )
 def eval_cmd(
@@ -227,19 +230,58 @@ def eval_cmd(
         help="auto, cpu, cuda, cuda:N or mps.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    dynamic: bool = typer.Option(
+        False,
+        "--dynamic",
+        help="Adapt to the text while scoring it: each segment is scored, then learned from "
+        "(slower; the checkpoint is not changed). See docs/dynamic-evaluation.md.",
+    ),
+    dynamic_lr: float = typer.Option(
+        None,
+        help=f"Step size of --dynamic (default {field_default(DynamicConfig, 'lr')}).",
+        show_default=False,
+    ),
+    dynamic_decay: float = typer.Option(
+        None,
+        help="Fraction of the way back to the trained weights per --dynamic step "
+        f"(default {field_default(DynamicConfig, 'decay')}).",
+        show_default=False,
+    ),
+    dynamic_segment: int = typer.Option(
+        None,
+        help="Characters scored between two --dynamic steps "
+        f"(default {field_default(DynamicConfig, 'segment_len')}).",
+        show_default=False,
+    ),
 ) -> None:
     """Score a text: mean loss per character, in nats and bits."""
-    printing(lambda: _eval(file, checkpoint, encoding, device, as_json))
+    tuning = {"lr": dynamic_lr, "decay": dynamic_decay, "segment_len": dynamic_segment}
+    printing(lambda: _eval(file, checkpoint, encoding, device, as_json, dynamic, tuning))
 
 
-def _eval(file: str, checkpoint: str, encoding: str, device_name: str, as_json: bool) -> None:
+def _eval(
+    file: str,
+    checkpoint: str,
+    encoding: str,
+    device_name: str,
+    as_json: bool,
+    dynamic: bool,
+    tuning: dict[str, Any],
+) -> None:
+    given = {k: v for k, v in tuning.items() if v is not None}
+    if given and not dynamic:
+        flags = ", ".join("--dynamic-" + ("segment" if k == "segment_len" else k) for k in given)
+        verb = "takes" if len(given) == 1 else "take"
+        raise UsageError(f"{flags} {verb} effect only with --dynamic: add --dynamic")
+    config = DynamicConfig(**given) if dynamic else None  # checked before the model loads
     resolve_device(device_name)
     out = Stdout()
     model = api.load(checkpoint, device_name)
     text = read_text(file, encoding, role="text")
     for w in text.warnings:
         warn(w)
-    loss = model.score(text.text, name=text.name)
+    began = time.perf_counter()
+    loss = model.score(text.text, name=text.name, dynamic=config or False)
     result = {
         "checkpoint": checkpoint,
         "file": text.name,
@@ -247,13 +289,21 @@ def _eval(file: str, checkpoint: str, encoding: str, device_name: str, as_json: 
         "num_predicted": len(text.text) - 1,  # every character but the first
         "loss_nats": loss,
         "bits_per_char": loss / LN2,
+        "dynamic": dataclasses.asdict(config) if config else None,
+        "seconds": time.perf_counter() - began,
     }
     if as_json:
         out.print(json.dumps(result))
     else:
+        how = (
+            f" (dynamic: lr {config.lr:g}, decay {config.decay:g}, segments of "
+            f"{config.segment_len})"
+            if config
+            else ""
+        )
         out.print(
             f"{loss:.4f} nats/char ({loss / LN2:.4f} bits/char) over {result['num_predicted']:,} "
-            f"predicted characters of {text.name}"
+            f"predicted characters of {text.name}{how}"
         )
 
 
