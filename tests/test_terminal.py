@@ -120,7 +120,10 @@ def test_a_run_that_cannot_stop_is_ended_anyway(tmp_path, corpus, second):
         assert f"did not stop within 4s of SIGINT; ended it; {last} holds the newest save" in (
             screen.replace("\r\n", "\n").replace("\n", " ")
         )
-    assert _step(last) == 20  # the save of the step-20 evaluation is intact
+    # The newest evaluation's save is intact (the stuck stopping save never replaced it). A
+    # tiny step takes a millisecond: on a loaded machine Ctrl-C may land an evaluation later.
+    step = _step(last)
+    assert step >= 20 and step % 20 == 0, step
 
 
 def test_sample_in_a_terminal_streams_and_stops_on_ctrl_c(trained, tmp_path):
