@@ -3,6 +3,7 @@ launcher starts each worker."""
 
 import contextlib
 import os
+import sys
 
 from .launch import watch_launcher
 from .threads import set_wait_policy
@@ -17,9 +18,8 @@ def run() -> None:
     # First, before the seconds of importing torch: a worker of `--nproc-per-node` ends with
     # its launcher (see charrnn.launch); anything else returns at once.
     watch_launcher(_say)
-    # OpenMP reads its waiting policy once, as torch loads: idle threads sleep rather than
-    # spin against the other programs of a busy machine (charrnn/threads.py).
-    set_wait_policy()
+    # OpenMP reads its waiting policy once, as torch loads (charrnn/threads.py).
+    set_wait_policy(training=sys.argv[1:2] == ["train"])
     from .cli import main
 
     main()

@@ -6,10 +6,11 @@ with another process busy on one of two cores, the default model trained 2x slow
 two threads than with one (5x at a load average of 5), because each step's parallel
 regions wait for a thread that the other process holds. A laptop is such a machine.
 
-So, unless the user has chosen (OMP_NUM_THREADS, MKL_NUM_THREADS, --threads, or
-torch.set_num_threads in their own code, which always win):
-- the command line waits passively (OMP_WAIT_POLICY=PASSIVE, set before torch is loaded,
-  see `set_wait_policy`): an idle thread sleeps instead of spinning against other work;
+So, unless the user has chosen (OMP_NUM_THREADS, MKL_NUM_THREADS, OMP_WAIT_POLICY,
+--threads, or torch.set_num_threads in their own code, which always win):
+- the commands other than `train` wait passively (OMP_WAIT_POLICY=PASSIVE, set before
+  torch is loaded, see `set_wait_policy`) and take one thread when the load average says
+  another program holds a core (`quick_choice`);
 - training picks, by timing its own steps, the faster of one thread and all of them, and
   times them again every so often and whenever its step time drifts (`ThreadPilot`), so it
   keeps choosing well when the load changes during a long run.
@@ -61,15 +62,22 @@ def user_threads(torch_threads: int | None = None) -> int | None:
     return None
 
 
-def set_wait_policy() -> None:
-    """Idle OpenMP threads sleep instead of spinning, unless the user said otherwise; and
-    on a busy machine numpy's BLAS (the sampler's step) keeps to one thread.
+def set_wait_policy(training: bool) -> None:
+    """How the command line's threads wait, unless the user said otherwise.
+
+    `charrnn train` keeps OpenMP's own spinning wait: its ThreadPilot drops to one thread
+    when another program holds a core, and on an idle machine the spinning is what makes
+    two threads fast (the passive wait cost 4% of the idle speed here, 15% on an Intel
+    Xeon). The other commands, which decide their threads once at the start, wait
+    passively: an idle thread sleeps instead of spinning against the machine's other work.
+    On a busy machine numpy's BLAS (the sampler's step) keeps to one thread.
 
     OpenMP and OpenBLAS read these once, when their library is loaded: call it before
     `import torch` and numpy (the command line does; a Python program that imported them
     keeps its own settings).
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if not training:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     chosen = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
     if busy_elsewhere() and not any(os.environ.get(name) for name in chosen):
         os.environ["OPENBLAS_NUM_THREADS"] = "1"
