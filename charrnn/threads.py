@@ -96,12 +96,6 @@ def _started_with() -> int:
     return _STARTED_WITH[0]
 
 
-def remember_default() -> None:
-    """Note torch's starting thread count now, so a later torch.set_num_threads by the
-    user is told apart from it (charrnn's own choices go through ThreadPilot)."""
-    _started_with()
-
-
 def busy_elsewhere() -> bool:
     """Whether other work seems to hold a core now (the 1-minute load average, which
     lags: a first guess that the pilot's timing corrects)."""
@@ -111,14 +105,32 @@ def busy_elsewhere() -> bool:
         return False
 
 
-def quick_choice() -> int | None:
-    """For a short command (sample, eval, the views): one thread when other work holds a
-    core, else torch's default; None when the user chose."""
+def _cores_to_choose_from() -> int | None:
+    """torch's starting thread count when charrnn may choose (the user has not, and there
+    is more than one core); else None."""
     import torch
 
     if user_threads(torch.get_num_threads()) is not None or _started_with() < 2:
         return None
-    return 1 if busy_elsewhere() else _started_with()
+    return _started_with()
+
+
+def quick_choice() -> int | None:
+    """For a short command (sample, eval, the views): one thread when other work holds a
+    core, else torch's default; None when the user chose."""
+    cores = _cores_to_choose_from()
+    if cores is None:
+        return None
+    return 1 if busy_elsewhere() else cores
+
+
+def use_quick_choice() -> None:
+    """Set the thread count of a short command (see quick_choice)."""
+    threads = quick_choice()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -170,8 +182,8 @@ class ThreadPilot:
         or there is one core."""
         import torch
 
-        cores = _started_with()
-        if user_threads(torch.get_num_threads()) is not None or cores < 2:
+        cores = _cores_to_choose_from()
+        if cores is None:
             return None
         pilot = cls(candidates=(1, cores), set_threads=torch.set_num_threads)
         pilot.start(busy_elsewhere(), torch.get_num_threads())
@@ -263,7 +275,8 @@ def thread_policy(threads: int | None, on_cpu: bool) -> Iterator[ThreadPilot | N
     CPU; the process's own count is given back afterwards."""
     import torch
 
-    before = _started_with() and torch.get_num_threads()
+    _started_with()  # torch's own count, noted before this run changes it
+    before = torch.get_num_threads()
     pilot = None
     if threads is not None:
         torch.set_num_threads(threads)

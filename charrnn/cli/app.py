@@ -53,19 +53,9 @@ def _root(
         typer.echo(f"charrnn {__version__}")
         raise typer.Exit()
     if ctx.invoked_subcommand not in (None, "train"):  # train times its own steps
-        _choose_threads()
+        from ..threads import use_quick_choice
 
-
-def _choose_threads() -> None:
-    """One thread when other work holds a core (see charrnn/threads.py), unless the user
-    set OMP_NUM_THREADS."""
-    from ..threads import quick_choice
-
-    threads = quick_choice()
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+        use_quick_choice()  # one thread when other work holds a core (charrnn/threads.py)
 
 
 def option(cls: type, name: str, help: str, *flags: str, choices: tuple[str, ...] = ()) -> Any:
