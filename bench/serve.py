@@ -3,14 +3,15 @@
 
     python bench/serve.py                       # the default model (LSTM 2 x 256), 4,000 chars
     python bench/serve.py --checkpoint run/best.pt --streams 1,16 --runs 5
+    python bench/serve.py --lanes 1,auto        # one lane against one per core, side by side
     python bench/serve.py --checkpoint run/best.pt --stepper   # the model's step alone
 
 Starts the real server (`python -m charrnn serve`) in a subprocess on a free port, then for
 each count N sends N requests at once from one asyncio client (plain sockets, HTTP/1.0, so
 the client costs little of the CPU it shares with the server) and times them: aggregate =
 N x length / seconds until the last stream ends; per-stream = the mean over streams of
-length / that stream's seconds; and characters per CPU-second of the server process (user
-+ system time from /proc), which a busy neighbour changes less than it changes the rates.
+length / that stream's seconds; and characters per CPU-second of the server and its lane
+processes (user + system time from /proc), which a busy neighbour changes less than it changes the rates.
 The median of --runs runs each, the runs taken in turn over the counts. Without --checkpoint it
 trains a default-size model for one step (its speed does not depend on how well it is
 trained). The machine is shared: note `uptime` beside the numbers.
@@ -40,9 +41,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(checkpoint: str, port: int, max_streams: int) -> subprocess.Popen:
+def start_server(checkpoint: str, port: int, max_streams: int, lanes: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "charrnn", "serve", checkpoint, "--port", str(port)]
-    cmd += ["--max-streams", str(max_streams)]
+    cmd += ["--max-streams", str(max_streams)] + ([] if lanes == "auto" else ["--lanes", lanes])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -100,6 +101,9 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=4000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
+        "--lanes", default="auto", help="servers to compare, e.g. 1,auto (--lanes of serve)"
+    )
+    parser.add_argument(
         "--stepper", action="store_true", help="time the model's step alone, by rows"
     )
     args = parser.parse_args()
@@ -109,42 +113,48 @@ def main() -> None:
             return time_stepper(args.checkpoint or default_checkpoint(tmp), counts)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or default_checkpoint(tmp)
-        port = free_port()
-        proc = start_server(checkpoint, port, max(counts))
+        servers = {}
         try:
-            # Runs go round the counts, so a neighbour's load falls on every count alike.
-            results: dict[int, list] = {n: [] for n in counts}
+            for lanes in args.lanes.split(","):
+                port = free_port()
+                servers[lanes] = (start_server(checkpoint, port, max(counts), lanes), port)
+            # Runs go round the servers and counts, so a neighbour's load falls on all alike.
+            results: dict[tuple, list] = {(lanes, n): [] for lanes in servers for n in counts}
             for _ in range(args.runs):
-                for n in counts:
+                for (lanes, n), found in results.items():
+                    proc, port = servers[lanes]
                     cpu0 = cpu_seconds(proc.pid)
                     agg, per = asyncio.run(one_run(port, n, args.length))
-                    results[n].append((agg, per, n * args.length / (cpu_seconds(proc.pid) - cpu0)))
+                    found.append((agg, per, n * args.length / (cpu_seconds(proc.pid) - cpu0)))
                     print(
-                        f"{n:>3} streams: {agg:>8,.0f} chars/s in all, {per:>7,.0f} per stream",
+                        f"lanes {lanes}, {n:>3} streams: {agg:>8,.0f} chars/s in all, "
+                        f"{per:>7,.0f} per stream",
                         file=sys.stderr,
                     )
-            rows = [
-                (n, *(statistics.median(r[i] for r in results[n]) for i in range(3)))
-                for n in counts
-            ]
         finally:
-            proc.terminate()
-            proc.wait(15)
-    base, base_cpu = rows[0][1], rows[0][3]
+            for proc, _ in servers.values():
+                proc.terminate()
+                proc.wait(15)
     print(
         f"\n{args.length:,} characters per stream, median of {args.runs} runs; load: "
         f"{os.getloadavg()[0]:.2f}\n"
     )
     print(
-        "| streams | chars/s, all streams | chars/s, per stream | x one stream "
+        "| lanes | streams | chars/s, all streams | chars/s, per stream | x one stream "
         "| chars per server CPU-second | x one stream |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    for n, agg, per, cpu in rows:
-        print(
-            f"| {n} | {agg:,.0f} | {per:,.0f} | {agg / base:.1f}x | {cpu:,.0f} "
-            f"| {cpu / base_cpu:.1f}x |"
-        )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for lanes in servers:
+        rows = [
+            (n, *(statistics.median(r[i] for r in results[lanes, n]) for i in range(3)))
+            for n in counts
+        ]
+        base, base_cpu = rows[0][1], rows[0][3]
+        for n, agg, per, cpu in rows:
+            print(
+                f"| {lanes} | {n} | {agg:,.0f} | {per:,.0f} | {agg / base:.1f}x | {cpu:,.0f} "
+                f"| {cpu / base_cpu:.1f}x |"
+            )
 
 
 def time_stepper(checkpoint: str, counts: list[int]) -> None:
@@ -155,7 +165,7 @@ def time_stepper(checkpoint: str, counts: list[int]) -> None:
 
     import charrnn
     from charrnn.sample import NumpyStepper
-    from charrnn.serve.server import one_thread
+    from charrnn.serve.lane import one_thread
 
     one_thread()
     model = charrnn.load(checkpoint)
@@ -176,10 +186,19 @@ def time_stepper(checkpoint: str, counts: list[int]) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """The server process's user + system CPU time, all its threads (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of the server process and its lane processes (Linux /proc)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from conftest import run_cli
 
 import charrnn
 from charrnn.config import SampleConfig
-from charrnn.serve import Engine, Job
+from charrnn.serve import Engine, EngineBusy, Job
+from charrnn.serve.engine import MAX_LANES
 
 pytestmark = pytest.mark.slow
 MAX_STREAMS, MAX_QUEUE = 6, 2
@@ -147,6 +148,7 @@ def test_score_is_charrnn_eval(server, model):
 def test_health_playground_and_openapi(server):
     info = health(server)
     assert info["status"] == "ok" and info["limits"]["max_streams"] == MAX_STREAMS
+    assert info["lanes"] == min(len(os.sched_getaffinity(0)), MAX_LANES)  # one per core
     status, page = get(server, "/")
     assert status == 200 and "/v1/generate" in page and 'id="output"' in page
     # Static: nothing is fetched from anywhere but this server.
@@ -293,7 +295,7 @@ def test_without_the_extra_the_error_names_it(checkpoint):
 
 def test_the_engine_alone_batches_and_frees_rows(model):
     """No HTTP: unseeded streams share one batched step; a cancelled one leaves it."""
-    engine = Engine(model, max_streams=8, max_queue=0).start()
+    engine = Engine(model, max_streams=8, max_queue=0, lanes=2).start()
     texts: dict[int, list[str]] = {i: [] for i in range(4)}
     done = threading.Semaphore(0)
 
@@ -304,6 +306,7 @@ def test_the_engine_alone_batches_and_frees_rows(model):
     jobs = [Job("T", ids, SampleConfig(length=2000)) for _ in range(3)]
     jobs.append(Job("T", ids, SampleConfig(length=500, random_seed=5)))
     streams = [engine.submit(job, sink(i)) for i, job in enumerate(jobs)]
+    assert [lane.rows for lane in engine.lanes] == [2, 2]  # each to the emptier lane
     streams[0].cancel()
     for _ in range(3):
         assert done.acquire(timeout=30)
@@ -337,17 +340,56 @@ def test_batched_rows_follow_the_model_as_the_batch_grows_and_shrinks(model):
         assert "".join(texts[i]) == model.sample(seed=seed, length=length, temperature=0)
 
 
-def test_a_fault_in_the_engine_ends_every_stream(model):
-    engine = Engine(model)
-
-    def broken() -> None:
-        raise RuntimeError("boom")
-
-    engine.batch.advance = broken
+def test_a_lane_that_dies_ends_every_stream_with_an_error(model):
+    """A lane process killed mid-stream: its streams and the other lane's end with
+    "error" (no client waits forever), and the engine says which lane."""
+    engine = Engine(model, lanes=2).start()
     ends: list[str] = []
-    ended = threading.Event()
-    engine.start().submit(
-        Job("T", [model.vocab.index["T"]], SampleConfig(length=100)),
-        lambda text, end: end and (ends.append(end), ended.set()),
+    ended = threading.Semaphore(0)
+
+    def sink(text, end):
+        if end:
+            ends.append(end)
+            ended.release()
+
+    for _ in range(2):
+        engine.submit(Job("T", [model.vocab.index["T"]], SampleConfig(length=1_000_000)), sink)
+    assert sorted(lane.rows for lane in engine.lanes) == [1, 1]
+    deadline = time.monotonic() + 30
+    while engine.snapshot()["chars"] < 100 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(engine.lanes[0].process.pid, signal.SIGKILL)
+    assert ended.acquire(timeout=10) and ended.acquire(timeout=10)
+    assert ends == ["error", "error"] and "lane 0 ended" in engine.error
+    with pytest.raises(EngineBusy):
+        engine.submit(Job("T", [model.vocab.index["T"]], SampleConfig(length=5)), sink)
+    engine.close()
+
+
+def test_an_engine_in_a_script_without_a_main_guard(checkpoint, tmp_path):
+    """Lanes are started as plain subprocesses, so a script (or notebook) that builds an
+    Engine at top level works: multiprocessing's spawn would run the script again."""
+    script = tmp_path / "use_engine.py"
+    script.write_text(
+        "import threading, charrnn\n"
+        "from charrnn.config import SampleConfig\n"
+        "from charrnn.serve import Engine, Job\n"
+        f"model = charrnn.load({checkpoint!r})\n"
+        "engine = Engine(model, lanes=2).start()\n"
+        "done, parts = threading.Event(), []\n"
+        "sink = lambda text, end: (parts.append(text), end and done.set())\n"
+        "engine.submit(Job('T', [model.vocab.index['T']], SampleConfig(length=50)), sink)\n"
+        "assert done.wait(30)\n"
+        "engine.close()\n"
+        "print(len(''.join(parts)))\n"
     )
-    assert ended.wait(10) and ends == ["error"] and "boom" in engine.error
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "51" and "Traceback" not in result.stderr
+
+
+def test_lanes_must_be_a_whole_number(checkpoint):
+    result = run_cli("serve", checkpoint, "--lanes", "0")
+    assert result.returncode == 2 and "--lanes must be a whole number >= 1" in result.stderr

@@ -33,15 +33,28 @@ def serve_cmd(
     max_length: int = typer.Option(
         field_default(Limits, "max_length"), help="Most characters one request may ask for."
     ),
+    lanes: int | None = typer.Option(
+        field_default(Limits, "lanes"),
+        help="Threads stepping streams side by side [default: one per core, at most 4].",
+        show_default=False,
+    ),
 ) -> None:
     """Serve a model over HTTP: POST /v1/generate (streamed), /v1/score, GET /health, GET /."""
-    printing(lambda: _serve(checkpoint, host, port, max_streams, max_queue, max_length))
+    printing(lambda: _serve(checkpoint, host, port, max_streams, max_queue, max_length, lanes))
 
 
 def _serve(
-    checkpoint: str, host: str, port: int, max_streams: int, max_queue: int, max_length: int
+    checkpoint: str,
+    host: str,
+    port: int,
+    max_streams: int,
+    max_queue: int,
+    max_length: int,
+    lanes: int | None,
 ) -> None:
-    limits = Limits(max_length=max_length, max_streams=max_streams, max_queue=max_queue)
+    limits = Limits(
+        max_length=max_length, max_streams=max_streams, max_queue=max_queue, lanes=lanes
+    )
     load_framework()  # before the model loads: a missing extra is said at once
     model = api.load(checkpoint)
     if host not in LOCAL_HOSTS:

@@ -1,46 +1,51 @@
-"""Continuous batching: the streams being generated advance together, one step at a time.
+"""Continuous batching across lanes: the streams being generated advance together.
 
-One engine thread owns the model. Each step it draws one character for every active
-stream, hands the characters out, and advances the recurrent state of all of them in one
-batched step (a hidden state is small, so a step for 16 streams costs little more than a
-step for one: the weights are read once). New streams join at the next step after their
-seed has been fed; a cancelled stream (its client hung up) leaves at the next step, so it
-costs nothing after that.
+The engine owns no model step itself. It runs lanes (lane.py), a process each, one per
+usable core (at most MAX_LANES); each lane steps its streams in one batched step. A new
+stream goes to the lane with the fewest streams, and starts at that lane's next step
+after its seed has been fed; when every row is taken it waits in a queue, and when the
+queue is full too, submit() raises EngineBusy. A cancelled stream (its client hung up)
+leaves at its lane's next step, so it costs nothing after that.
 
-Exact streams. A float32 matrix product's last bits depend on the batch's shape (BLAS
-picks other kernels, hence other summation orders, for 1 row and for 16), and over a few
-thousand characters those bits can change a draw. `charrnn sample` computes one stream
-alone, so a stream that must give its text exactly (a `random_seed`, or temperature 0)
-is stepped alone, with `charrnn sample`'s own code: a one-row stepper, the same
-`numpy.random.Generator`, the same draws. The other streams share the batched step.
+Each lane's text comes back a few dozen times a second, read by one thread per lane, and
+goes to `deliver` (the HTTP layer hands it to the event loop).
 """
 
 from __future__ import annotations
 
-import copy
+import itertools
+import os
+import pickle
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import numpy as np
+from multiprocessing.connection import Connection
+from typing import Any
 
 from ..config import SampleConfig
-from ..sample import MIN_TEMPERATURE, UNIFORM_BLOCK, NumpyStepper, draw, feed_seed
+from .lane import FLUSH_SECONDS
 
-# What a stream's sink is told, from the engine thread: text to append, and once, with the
-# last text, why the stream ended ("length", "stop", "shutdown"); None while it goes on.
+# What a stream's sink is told, from a lane's reader thread: text to append, and once,
+# with the last text, why the stream ended ("length", "stop", "shutdown", "error"); None
+# while it goes on. A stream whose reader cancelled it is told nothing more.
 Sink = Callable[[str, "str | None"], None]
 
-
-ROW_BLOCK = 4  # rows of a batched step are padded to a multiple of this
-# Seconds between hand-outs of text: 50 a second reads as a smooth stream.
-FLUSH_SECONDS = 0.02
+MAX_LANES = 4  # lane processes, at most (see default_lanes)
+START_SECONDS = 120.0  # for a lane process to import torch and say it is ready
+LANE_COMMAND = "import sys; from charrnn.serve.lane import lane_main; lane_main(int(sys.argv[1]))"
 
 
 class EngineBusy(Exception):
     """Every row and every place in the queue is taken: try again shortly."""
+
+
+class EngineError(RuntimeError):
+    """A lane process could not start."""
 
 
 @dataclass(frozen=True)
@@ -53,42 +58,19 @@ class Job:
 
 
 class Stream:
-    """One request's sample: its own generator, position and stop text."""
+    """One request's sample, as the engine sees it: where it runs and whom to tell."""
 
-    def __init__(self, job: Job, sink: Sink):
-        self.job = job
-        self.sink = sink
-        config = job.config
-        self.exact = config.random_seed is not None or config.temperature < MIN_TEMPERATURE
-        self.rng = np.random.default_rng(config.random_seed)
-        self.options = (config.temperature, config.top_k, config.top_p)
-        self.t = 0  # characters drawn
-        self.recent = ""  # the end of the text, as long as the stop text
-        self.uniforms: np.ndarray | None = None
-        self.stepper: NumpyStepper | None = None  # exact streams keep their own
-        self.logits: np.ndarray | None = None  # (1, V): the next draw's, until it joins
-        self.last_id = 0  # an exact stream's last drawn id
+    def __init__(self, job: Job, sink: Sink, sid: int, engine: Engine):
+        self.job, self.sink, self.sid = job, sink, sid
+        self.engine = engine
+        self.lane: _LaneProcess | None = None  # None while it waits in the queue
         self.cancelled = False
 
     def cancel(self) -> None:
         """Stop generating for this stream (its reader is gone); takes effect next step."""
-        self.cancelled = True
-
-    def uniform(self) -> np.ndarray:
-        """This step's uniform (1,): drawn a block at a time, as `charrnn sample` does."""
-        if self.t % UNIFORM_BLOCK == 0:
-            self.uniforms = self.rng.random((UNIFORM_BLOCK, 1))
-        return self.uniforms[self.t % UNIFORM_BLOCK]
-
-    def take(self, char: str) -> str | None:
-        """Count a drawn character; why the stream ends with it, or None."""
-        self.t += 1
-        stop = self.job.config.stop_at
-        if stop:
-            self.recent = (self.recent + char)[-len(stop) :]
-            if self.recent == stop:
-                return "stop"
-        return "length" if self.t >= self.job.config.length else None
+        if not self.cancelled:
+            self.cancelled = True
+            self.engine._cancel(self)
 
 
 @dataclass
@@ -99,270 +81,247 @@ class Stats:
     finished: int = 0
     cancelled: int = 0  # left because their reader went away
     chars: int = 0  # characters generated, all streams
-    steps: int = 0  # batched steps run
+    steps: int = 0  # batched steps run, all lanes
 
 
 class Engine:
-    """The model, the active streams and the thread that steps them.
-
-    Give BLAS one thread first (serve.server.one_thread): OpenBLAS's own threads, on a busy
-    2-core machine, made each step several times slower."""
+    """The lanes, the streams and the queue; start() before submit()."""
 
     def __init__(
         self,
-        model,
+        model: Any,
         max_streams: int = 64,
         max_queue: int = 64,
-        deliver=None,
+        deliver: Callable[[list[tuple[Stream, str, str | None]]], None] | None = None,
         flush_seconds: float = FLUSH_SECONDS,
+        lanes: int | None = None,
     ):
         self.model = model  # a charrnn.api.Model on the CPU
-        self.chars = model.vocab.chars
         self.max_streams, self.max_queue = max_streams, max_queue
-        # Called once per step from the engine thread with [(stream, text, end)]; by
-        # default each stream's sink is called in turn.
+        # Called from a lane's reader thread with [(stream, text, end)], a few dozen times
+        # a second per lane; by default each stream's sink is called in turn.
         self.deliver = deliver or _call_sinks
         self.flush_seconds = flush_seconds
-        self.proto = NumpyStepper(model.module, 1)  # its weights are shared by every stepper
-        self.batch = _Batch(self.proto)
-        self.exact: list[Stream] = []
+        self.streams: dict[int, Stream] = {}  # by sid: those in a lane or the queue
         self.pending: deque[Stream] = deque()
         self.stats = Stats()
-        self.lock = threading.Condition()
-        self.closing: str | None = None  # "shutdown", or "error" if the thread failed
+        self.lock = threading.Lock()
+        self.closing: str | None = None  # "shutdown", or "error" once a lane failed
         self.error: str | None = None
-        self.thread = threading.Thread(target=self._run, name="charrnn-engine", daemon=True)
+        self.sids = itertools.count()
+        self.lanes = [_LaneProcess(self, i) for i in range(lanes or default_lanes())]
 
     def start(self) -> Engine:
-        self.thread.start()
+        """Start the lane processes and wait until each is ready to step."""
+        for lane in self.lanes:
+            lane.start(self.model)
+        for lane in self.lanes:
+            lane.wait_ready()
         return self
 
     def submit(self, job: Job, sink: Sink) -> Stream:
-        """Queue a stream; it starts at the next step with a free row. Raises EngineBusy
-        when the rows and the queue are full."""
-        stream = Stream(job, sink)
+        """Queue a stream; it starts at the next step of a lane with a free row. Raises
+        EngineBusy when the rows and the queue are full."""
         with self.lock:
             if self.closing:
                 raise EngineBusy("the server is shutting down")
             if self.stats.active + len(self.pending) >= self.max_streams + self.max_queue:
                 raise EngineBusy(f"{self.max_streams} streams running, {self.max_queue} waiting")
+            stream = Stream(job, sink, next(self.sids), self)
+            self.streams[stream.sid] = stream
             self.pending.append(stream)
-            self.stats.queued = len(self.pending)
-            self.lock.notify()
+            self._dispatch()
         return stream
 
     def close(self, timeout: float = 5.0) -> None:
-        """Cut every stream (each is told "shutdown") and stop the thread."""
+        """Cut every stream (each is told "shutdown") and stop the lanes."""
         with self.lock:
-            self.closing = "shutdown"
-            self.lock.notify()
-        if self.thread.is_alive():
-            self.thread.join(timeout)
+            self.closing = self.closing or "shutdown"
+            queued = self._take_queue()
+        self.deliver([(s, "", self.closing) for s in queued])
+        for lane in self.lanes:
+            lane.send(("close", self.closing))
+        deadline = time.monotonic() + timeout
+        for lane in self.lanes:
+            lane.stop(max(0.0, deadline - time.monotonic()))
 
     def snapshot(self) -> dict:
         with self.lock:
             return dict(vars(self.stats))
 
-    # ------------------------------------------------------------ the engine thread
+    # ------------------------------------------------------- under the lock, or from lanes
 
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except Exception as e:  # a fault must not leave every client waiting forever
-            self.error = f"{type(e).__name__}: {e}"
-            with self.lock:
-                self.closing = "error"
-        self._cut_all()
-
-    def _loop(self) -> None:
-        out: list[tuple[Stream, str, str | None]] = []
-        flushed = time.monotonic()
-        while True:
-            with self.lock:
-                while not (self.closing or self.pending or self.stats.active):
-                    self.lock.wait()
-                if self.closing:
-                    break
-                joining = self._admit()
-            for stream in joining:
-                out.append((stream, stream.job.seed, None))
-                self._warm_up(stream)
-            self._drop_cancelled()
-            self._step(out)
-            now = time.monotonic()
-            # Text goes out a few dozen times a second, not every step: handing each
-            # character to the event loop on its own would cost more than drawing it.
-            if now - flushed >= self.flush_seconds or not self.stats.active:
-                self.deliver(_merged(out))
-                out, flushed = [], now
-        self.deliver(_merged(out))
-
-    def _admit(self) -> list[Stream]:
-        """Take waiting streams into free rows (under the lock)."""
-        joining = []
-        while self.pending and self.stats.active + len(joining) < self.max_streams:
+    def _dispatch(self) -> None:
+        """Move waiting streams into free rows, each to the lane with the fewest (locked)."""
+        while self.pending and self.stats.active < self.max_streams:
             stream = self.pending.popleft()
             if stream.cancelled:
+                del self.streams[stream.sid]
                 self.stats.cancelled += 1
-            else:
-                joining.append(stream)
-        self.stats.active += len(joining)
-        self.stats.started += len(joining)
+                continue
+            lane = min(self.lanes, key=lambda lane: lane.rows)
+            lane.rows += 1
+            stream.lane = lane
+            self.stats.active += 1
+            self.stats.started += 1
+            lane.send(("join", stream.sid, stream.job))
         self.stats.queued = len(self.pending)
-        return joining
 
-    def _warm_up(self, stream: Stream) -> None:
-        """Feed the seed through a one-row stepper, exactly as `charrnn sample` does."""
-        stepper = copy.copy(self.proto)
-        stepper.reset()
-        stream.logits = feed_seed(self.model.module, stepper, stream.job.seed_ids)  # (1, V)
-        if stream.exact:
-            stream.stepper = stepper
-            self.exact.append(stream)
-        else:
-            self.batch.join(stream, stepper)
-
-    def _drop_cancelled(self) -> None:
-        gone = [s for s in self.batch.streams if s.cancelled]
-        gone += [s for s in self.exact if s.cancelled]
-        if gone:
-            self.batch.leave(set(gone))
-            self.exact = [s for s in self.exact if not s.cancelled]
-            self._count_ended(len(gone), cancelled=True)
-
-    def _step(self, out: list[tuple[Stream, str, str | None]]) -> None:
-        """Draw one character for every stream, then advance those that go on."""
-        ended: set[Stream] = set()
-        drawn = [*self.batch.draw(), *self._draw_exact()]
-        for stream, char_id in drawn:
-            char = self.chars[char_id]
-            end = stream.take(char)
-            out.append((stream, char, end))
-            if end:
-                ended.add(stream)
-        self.batch.leave(ended)
-        self.exact = [s for s in self.exact if s not in ended]
-        self.batch.advance()
-        for stream in self.exact:
-            stream.logits = stream.stepper.step(np.array([stream.last_id]))
-        self._count_ended(len(ended))
+    def _cancel(self, stream: Stream) -> None:
         with self.lock:
-            self.stats.chars += len(drawn)
-            self.stats.steps += 1
+            if stream.lane is not None and stream.sid in self.streams:
+                stream.lane.send(("cancel", stream.sid))
 
-    def _draw_exact(self) -> list[tuple[Stream, int]]:
-        drawn = []
-        for stream in self.exact:
-            ids = draw(stream.logits, *stream.options, stream.uniform())
-            stream.last_id = int(ids[0])
-            drawn.append((stream, stream.last_id))
-        return drawn
-
-    def _count_ended(self, n: int, cancelled: bool = False) -> None:
+    def _received(self, lane: _LaneProcess, items: list, chars: int, steps: int) -> None:
+        """A lane's text: to the sinks; the rows of the streams that ended are freed."""
+        out, ended = [], []
         with self.lock:
-            self.stats.active -= n
-            self.stats.finished += 0 if cancelled else n
-            self.stats.cancelled += n if cancelled else 0
+            for sid, text, end in items:
+                stream = self.streams.get(sid)
+                if stream is None:
+                    continue
+                if end is not None:
+                    ended.append(stream)
+                    del self.streams[sid]
+                if not stream.cancelled:
+                    out.append((stream, text, end))
+            for stream in ended:
+                lane.rows -= 1
+                self.stats.active -= 1
+                if stream.cancelled:
+                    self.stats.cancelled += 1
+                else:
+                    self.stats.finished += 1
+            self.stats.chars += chars
+            self.stats.steps += steps
+            if ended and not self.closing:
+                self._dispatch()
+        self.deliver(out)
 
-    def _cut_all(self) -> None:
-        streams = [*self.batch.streams, *self.exact, *self.pending]
-        self.deliver([(s, "", self.closing) for s in streams])
+    def _lane_failed(self, lane: _LaneProcess, error: str) -> None:
+        """A lane died or raised: every stream ends with "error", the engine closes."""
         with self.lock:
-            self.stats.active, self.stats.queued = 0, 0
-            self.pending.clear()
+            if self.closing is None:
+                self.closing, self.error = "error", error
+            mine = [s for s in self.streams.values() if s.lane is lane]
+            for stream in mine:
+                del self.streams[stream.sid]
+            self.stats.active -= len(mine)
+            lane.rows = 0
+            queued = self._take_queue()
+        self.deliver([(s, "", "error") for s in [*mine, *queued] if not s.cancelled])
+        for other in self.lanes:
+            other.send(("close", "error"))
+
+    def _take_queue(self) -> list[Stream]:
+        queued = list(self.pending)
+        self.pending.clear()
+        for stream in queued:
+            self.streams.pop(stream.sid, None)
+        self.stats.queued = 0
+        return queued
 
 
-def _merged(out: list[tuple[Stream, str, str | None]]) -> list[tuple[Stream, str, str | None]]:
-    """Each stream's pieces as one: its text in order, and its end if it has one."""
-    texts: dict[Stream, list[str]] = {}
-    ends: dict[Stream, str | None] = {}
-    for stream, text, end in out:
-        texts.setdefault(stream, []).append(text)
-        ends[stream] = ends.get(stream) or end
-    return [(stream, "".join(parts), ends[stream]) for stream, parts in texts.items()]
+def default_lanes() -> int:
+    """One lane per usable core, at most MAX_LANES (each lane process holds its own copy
+    of the weights and of torch, a few hundred MB)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_LANES))
+
+
+class _LaneProcess:
+    """The engine's end of one lane: the process, its pipe, and the thread reading it."""
+
+    def __init__(self, engine: Engine, index: int):
+        self.engine, self.index = engine, index
+        self.rows = 0  # streams sent to this lane and not yet ended (under the lock)
+        self.send_lock = threading.Lock()
+        self.process: Any = None
+        self.conn: Any = None
+        self.reader: threading.Thread | None = None
+        self.ready = threading.Event()
+        self.gone = False  # the pipe is closed: nothing more can be sent
+
+    def start(self, model: Any) -> None:
+        # A plain subprocess on one end of a socket pair, not multiprocessing's spawn:
+        # spawn runs the parent's main script again, which breaks a script or notebook
+        # that builds an Engine without an `if __name__ == "__main__"` guard.
+        parent, child = socket.socketpair()
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", LANE_COMMAND, str(child.fileno())],
+            pass_fds=[child.fileno()],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        child.close()
+        self.conn = Connection(parent.detach())
+        # The weights by value (plain pickle: torch's own reductions would share memory
+        # with a process that multiprocessing did not start).
+        self.conn.send_bytes(
+            pickle.dumps((model.module, model.vocab.chars, self.engine.flush_seconds))
+        )
+        self.reader = threading.Thread(
+            target=self._read, name=f"charrnn-lane-{self.index}-reader", daemon=True
+        )
+        self.reader.start()
+
+    def wait_ready(self) -> None:
+        if not self.ready.wait(START_SECONDS) or self.engine.error:
+            self.engine.close(timeout=1.0)
+            raise EngineError(
+                f"lane {self.index} did not start: {self.engine.error or 'no answer'}"
+            )
+
+    def send(self, message: tuple) -> None:
+        with self.send_lock:
+            if self.gone or self.conn is None:
+                return
+            try:
+                self.conn.send(message)
+            except OSError:  # the lane died: its reader reports it
+                self.gone = True
+
+    def stop(self, timeout: float) -> None:
+        if self.reader is not None:
+            self.reader.join(timeout)
+        if self.process is not None:
+            try:
+                self.process.wait(0.5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(1.0)
+
+    def _read(self) -> None:
+        engine = self.engine
+        try:
+            while True:
+                message = self.conn.recv()
+                if message[0] == "text":
+                    engine._received(self, *message[1:])
+                elif message[0] == "ready":
+                    self.ready.set()
+                else:  # ("error", text)
+                    engine._lane_failed(self, f"lane {self.index}: {message[1]}")
+                    self.ready.set()
+                    return
+        except (EOFError, OSError):
+            with self.send_lock:
+                self.gone = True
+            if self.rows or not engine.closing:
+                code = self.process.poll() if self.process else None
+                engine._lane_failed(self, f"lane {self.index} ended (exit code {code})")
+            self.ready.set()
 
 
 def _call_sinks(items: list[tuple[Stream, str, str | None]]) -> None:
     for stream, text, end in items:
         stream.sink(text, end)
-
-
-class _Batch:
-    """The streams that share one batched step: their states side by side, one row each,
-    in a NumpyStepper whose arrays grow and shrink as streams join and leave."""
-
-    def __init__(self, proto: NumpyStepper):
-        self.stepper = copy.copy(proto)
-        self.stepper.num_streams = 0
-        self.stepper.reset()
-        self.streams: list[Stream] = []
-        self.logits = np.zeros((0, proto.b_out.shape[0]), np.float32)  # (S, V)
-        self.ids = np.zeros(0, np.int64)
-
-    def join(self, stream: Stream, one: NumpyStepper) -> None:
-        """Add a stream whose seed `one` (a one-row stepper) has fed."""
-        s = self.stepper
-        s.xh = [np.concatenate([a, b]) for a, b in zip(s.xh, one.xh, strict=True)]
-        if s.c is not None:
-            s.c = np.concatenate([s.c, one.c], axis=1)  # (L, S + 1, H)
-        self.logits = np.concatenate([self.logits, stream.logits])
-        self.ids = np.append(self.ids, 0)  # rows stay aligned until the next draw sets ids
-        self.streams.append(stream)
-        stream.logits = None
-
-    def leave(self, gone: set[Stream]) -> None:
-        if not gone.intersection(self.streams):
-            return
-        keep = [i for i, st in enumerate(self.streams) if st not in gone]
-        s = self.stepper
-        s.xh = [a[keep] for a in s.xh]
-        if s.c is not None:
-            s.c = s.c[:, keep]
-        self.logits, self.ids = self.logits[keep], self.ids[keep]
-        self.streams = [self.streams[i] for i in keep]
-
-    def draw(self) -> list[tuple[Stream, int]]:
-        """One id per row, each from its own stream's generator; rows with the same
-        temperature, top-k and top-p are drawn in one call."""
-        if not self.streams:
-            return []
-        uniform = np.concatenate([s.uniform() for s in self.streams])  # (S,)
-        self.ids = np.zeros(len(self.streams), np.int64)
-        groups: dict[tuple, list[int]] = {}
-        for i, stream in enumerate(self.streams):
-            groups.setdefault(stream.options, []).append(i)
-        for options, rows in groups.items():
-            self.ids[rows] = draw(self.logits[rows], *options, uniform[rows])
-        return list(zip(self.streams, self.ids.tolist(), strict=True))
-
-    def advance(self) -> None:
-        """One step for every row. OpenBLAS multiplies 2 or 3 rows more slowly than 4, and
-        those more slowly than one row at a time (bench/serve.py): 2 or 3 rows step one
-        by one, and counts above 4 are padded to a multiple of 4; one row is a gemv."""
-        rows = len(self.streams)
-        if rows in (2, 3):
-            self.logits = np.concatenate(
-                [self._row(i).step(self.ids[i : i + 1]) for i in range(rows)]
-            )
-        elif rows > 1 and rows % ROW_BLOCK:
-            s, pad = self.stepper, ROW_BLOCK - rows % ROW_BLOCK
-            s.xh = [np.concatenate([a, np.zeros((pad, a.shape[1]), a.dtype)]) for a in s.xh]
-            if s.c is not None:
-                s.c = np.concatenate(
-                    [s.c, np.zeros((s.c.shape[0], pad, s.c.shape[2]), s.c.dtype)], axis=1
-                )
-            self.logits = s.step(np.concatenate([self.ids, np.zeros(pad, np.int64)]))[:rows]
-            s.xh = [a[:rows] for a in s.xh]
-            s.c = None if s.c is None else s.c[:, :rows]
-        elif rows:
-            self.logits = self.stepper.step(self.ids)  # (S, V)
-
-    def _row(self, i: int) -> NumpyStepper:
-        """A one-row stepper over row i's state: it steps that row in place."""
-        row = copy.copy(self.stepper)
-        row.xh = [a[i : i + 1] for a in self.stepper.xh]
-        row.c = None if row.c is None else self.stepper.c[:, i : i + 1]
-        return row
 
 
 def wait_idle(engine: Engine, timeout: float) -> bool:

@@ -37,6 +37,7 @@ def build_app(model: Any, limits: Limits) -> FastAPI:
             model,
             limits.max_streams,
             limits.max_queue,
+            lanes=limits.lanes,
             deliver=lambda items: loop.call_soon_threadsafe(_fan_out, items),
         ).start()
         yield
@@ -109,6 +110,7 @@ def _health(engine: Engine, model: Any, limits: Limits) -> dict[str, Any]:
         "streams_cancelled": stats["cancelled"],  # their client hung up
         "chars_generated": stats["chars"],
         "steps": stats["steps"],  # batched steps: fewer than chars when streams share them
+        "lanes": len(engine.lanes),  # processes stepping streams side by side
         "limits": vars(limits),
     }
 

@@ -27,9 +27,12 @@ class Limits:
     max_body_bytes: int = 1 << 20  # a request body, and so a text to score
     max_streams: int = 64  # rows of the batched step
     max_queue: int = 64  # accepted requests waiting for a row; more get 503
+    lanes: int | None = None  # threads stepping streams; None: one per core (engine.py)
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
+            if value is None and name == "lanes":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} must be a whole number >= 1 (got {value!r})", name)

@@ -3,10 +3,10 @@ with the text it has), connections close, and the process exits within seconds."
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from ..errors import MissingExtraError
+from .lane import one_thread
 from .requests import Limits
 
 SERVE_EXTRA = "pip install 'charrnn[serve]'"
@@ -24,19 +24,6 @@ def load_framework() -> Any:
             f"charrnn serve needs FastAPI and uvicorn ({e.name} is missing): {SERVE_EXTRA}"
         ) from None
     return uvicorn
-
-
-def one_thread() -> None:
-    """One BLAS and one torch thread: the engine thread steps the model while the event
-    loop serves on the other core; competing BLAS threads on 2 cores slowed a one-row
-    step tenfold."""
-    import torch
-
-    torch.set_num_threads(1)
-    with contextlib.suppress(ImportError):
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
 
 
 def serve(model: Any, host: str, port: int, limits: Limits, log_level: str = "info") -> None:
