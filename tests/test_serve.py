@@ -295,7 +295,9 @@ def test_without_the_extra_the_error_names_it(checkpoint):
 
 def test_the_engine_alone_batches_and_frees_rows(model):
     """No HTTP: unseeded streams share one batched step; a cancelled one leaves it."""
-    engine = Engine(model, max_streams=8, max_queue=0, lanes=2).start()
+    engine = Engine(model, max_streams=8, max_queue=0, lanes=2)
+    engine.room.lanes = lambda: 2  # whatever else the test machine is running
+    engine.start()
     texts: dict[int, list[str]] = {i: [] for i in range(4)}
     done = threading.Semaphore(0)
 
@@ -343,7 +345,9 @@ def test_batched_rows_follow_the_model_as_the_batch_grows_and_shrinks(model):
 def test_a_lane_that_dies_ends_every_stream_with_an_error(model):
     """A lane process killed mid-stream: its streams and the other lane's end with
     "error" (no client waits forever), and the engine says which lane."""
-    engine = Engine(model, lanes=2).start()
+    engine = Engine(model, lanes=2)
+    engine.room.lanes = lambda: 2  # whatever else the test machine is running
+    engine.start()
     ends: list[str] = []
     ended = threading.Semaphore(0)
 
@@ -393,3 +397,39 @@ def test_an_engine_in_a_script_without_a_main_guard(checkpoint, tmp_path):
 def test_lanes_must_be_a_whole_number(checkpoint):
     result = run_cli("serve", checkpoint, "--lanes", "0")
     assert result.returncode == 2 and "--lanes must be a whole number >= 1" in result.stderr
+
+
+def test_new_streams_use_only_the_cores_other_programs_leave(monkeypatch):
+    """Room: from /proc/stat's busy time less the server's own, every 2 s. Another program
+    holding a core of two leaves one lane for new streams; when it stops, two again."""
+    from charrnn.serve import engine as eng
+
+    clock, busy, ours = [0.0], [0.0], [0.0]
+    monkeypatch.setattr(eng.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(eng, "cpu_busy_seconds", lambda: busy[0])
+    monkeypatch.setattr(eng, "cpu_seconds_of", lambda pid: ours[0])
+    room = eng.Room(2, lambda: [1])
+    room.cores = 2
+
+    def after(seconds: float, others: float, mine: float) -> int:
+        clock[0] += seconds
+        busy[0] += (others + mine) * seconds
+        ours[0] += mine * seconds
+        return room.lanes()
+
+    assert room.lanes() == 2  # the first look has nothing to compare with
+    assert after(2, others=0.1, mine=1.9) == 2  # the server itself using both cores
+    assert after(2, others=1.0, mine=1.0) == 1  # another program holds a core
+    assert after(1, others=0.0, mine=2.0) == 1  # looked at most every 2 s
+    assert after(2, others=0.0, mine=2.0) == 2
+    assert after(2, others=2.0, mine=0.0) == 1  # never fewer than one
+    assert eng.Room(1, lambda: [1]).lanes() == 1
+
+
+def test_busy_seconds_leave_out_idle_niced_and_stolen_time(monkeypatch):
+    from charrnn.serve import engine as eng
+
+    monkeypatch.setattr(eng.os, "sysconf", lambda name: 100)
+    # user nice system idle iowait irq softirq steal
+    line = "cpu  1000 5000 200 90000 300 10 20 4000 0 0"
+    assert eng.cpu_busy_seconds(line) == (1000 + 200 + 10 + 20) / 100
