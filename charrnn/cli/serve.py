@@ -35,7 +35,7 @@ def serve_cmd(
     ),
     lanes: int | None = typer.Option(
         field_default(Limits, "lanes"),
-        help="Threads stepping streams side by side [default: one per core, at most 4].",
+        help="Processes stepping streams side by side (default: one per core, at most 4).",
         show_default=False,
     ),
 ) -> None:

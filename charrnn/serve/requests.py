@@ -27,7 +27,7 @@ class Limits:
     max_body_bytes: int = 1 << 20  # a request body, and so a text to score
     max_streams: int = 64  # rows of the batched step
     max_queue: int = 64  # accepted requests waiting for a row; more get 503
-    lanes: int | None = None  # threads stepping streams; None: one per core (engine.py)
+    lanes: int | None = None  # processes stepping streams; None: one per core (engine.py)
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

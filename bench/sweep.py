@@ -1,0 +1,197 @@
+"""The sweep behind choosing a model for a corpus and a budget (issue 21): held-out loss by
+corpus, budget and model size, on this machine.
+
+    python bench/sweep.py speeds --out sweep/speeds.json        # quiet machine, ~5 minutes
+    python bench/sweep.py run --speeds sweep/speeds.json --texts ts150k,code150k \\
+        --budgets 90 --jobs 2 --out sweep/runs.jsonl
+    python bench/sweep.py table sweep/runs.jsonl
+
+Two halves, so that the learning runs need no quiet machine. `speeds` times each model
+size on the real text for a few dozen steps, with charrnn's own thread choice, as a user's
+run would train. `run` then trains each (text, size, budget) for the steps that budget buys
+at that speed (`max_steps`, one thread per run: a run's result does not depend on what
+else the machine does, so `--jobs` runs can share the cores). A step-count run and a
+time-limited run of the same steps follow the same schedule (the learning rate decays over
+the planned steps either way). Each run validates on its text's last 10%, as `charrnn
+eval` would, and records the best validation loss.
+
+Texts: prefixes of Tiny Shakespeare (prose, 65 characters) and of this Python's standard
+library sources (code, about 100 characters), so anyone can rebuild them; `--texts` names
+them as KIND + SIZE (ts150k, ts1m, code150k, code1m, code10m).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import sysconfig
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+TS = os.path.join(ROOT, "corpora", "tinyshakespeare.txt")
+SIZES = [(64, 1), (128, 1), (128, 2), (256, 1), (256, 2), (384, 2), (512, 1), (512, 2)]
+UNITS = {"k": 1_000, "m": 1_000_000}
+
+
+def text(name: str, folder: str) -> str:
+    """The text `name` (e.g. ts150k, code1m) as a file in `folder`, built if missing."""
+    path = os.path.join(folder, name + ".txt")
+    if os.path.exists(path):
+        return path
+    kind, size = name.rstrip("0123456789km"), name[len(name.rstrip("0123456789km")) :]
+    chars = int(size[:-1]) * UNITS[size[-1]]
+    body = _prose(chars) if kind == "ts" else _code(chars)
+    if len(body) < chars:
+        raise SystemExit(f"{name}: only {len(body):,} characters available")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(body[:chars])
+    return path
+
+
+def _prose(chars: int) -> str:
+    with open(TS, encoding="utf-8") as f:
+        return f.read()[:chars]
+
+
+def _code(chars: int) -> str:
+    """The standard library's .py files in sorted order (no tests, no site-packages)."""
+    root, parts, total = sysconfig.get_paths()["stdlib"], [], 0
+    for folder, subfolders, files in sorted(os.walk(root)):
+        subfolders.sort()
+        if any(skip in folder for skip in ("test", "site-packages", "idlelib")):
+            continue
+        for name in sorted(files):
+            if name.endswith(".py") and total < chars:
+                with open(os.path.join(folder, name), encoding="utf-8", errors="ignore") as f:
+                    parts.append(f.read())
+                total += len(parts[-1])
+    return "".join(parts)
+
+
+def speeds(args: argparse.Namespace) -> None:
+    """Characters per second of each size, training on Tiny Shakespeare, median of 3
+    timings of `--steps` steps after a warm-up (charrnn chooses the threads)."""
+    import charrnn
+
+    found = {}
+    for hidden, layers in SIZES:
+        times = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for steps in (10, 10 + args.steps, 10, 10 + args.steps, 10, 10 + args.steps):
+                began = time.perf_counter()
+                charrnn.train(TS, out=tmp, force=True, max_steps=steps, eval_every=10**6,
+                              sample_length=0, val_chars=1000, hidden_size=hidden,
+                              num_layers=layers)  # fmt: skip
+                times.append((steps, time.perf_counter() - began))
+        short = statistics.median(t for s, t in times if s == 10)
+        long = statistics.median(t for s, t in times if s > 10)
+        chars_per_step = 24 * 64  # the default batch and window
+        found[f"{hidden}x{layers}"] = args.steps * chars_per_step / (long - short)
+        print(f"{hidden} x {layers}: {found[f'{hidden}x{layers}']:,.0f} chars/s", flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"chars_per_sec": found, "machine": _machine()}, f, indent=1)
+
+
+def _machine() -> str:
+    with open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if "model name" in line), "")
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def run(args: argparse.Namespace) -> None:
+    """Every (text, size, budget) not yet in --out, --jobs at a time."""
+    import subprocess
+
+    with open(args.speeds) as f:
+        speed = json.load(f)["chars_per_sec"]
+    folder = os.path.join(os.path.dirname(os.path.abspath(args.out)), "texts")
+    os.makedirs(folder, exist_ok=True)
+    done = set()
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            done = {(r["text"], r["size"], r["budget"]) for r in map(json.loads, f)}
+    todo = [
+        (name, size, budget)
+        for budget in map(float, args.budgets.split(","))
+        for name in args.texts.split(",")
+        for size in (args.sizes.split(",") if args.sizes else speed)
+        if (name, size, budget) not in done
+    ]
+    running: list[subprocess.Popen] = []
+    for name, size, budget in todo:
+        path = text(name, folder)
+        steps = max(1, round(budget * speed[size] / (24 * 64)))
+        cmd = [sys.executable, __file__, "one", path, name, size, str(budget), str(steps)]
+        running.append(subprocess.Popen([*cmd, args.out]))
+        while len(running) >= args.jobs:
+            time.sleep(1)
+            running = [p for p in running if p.poll() is None]
+    for p in running:
+        p.wait()
+
+
+def one(path: str, name: str, size: str, budget: str, steps: str, out: str) -> None:
+    import charrnn
+
+    hidden, layers = map(int, size.split("x"))
+    steps_n = int(steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        began = time.perf_counter()
+        result = charrnn.train(path, out=tmp, force=True, max_steps=steps_n, threads=1,
+                               eval_every=max(1, steps_n // 4), sample_length=0,
+                               hidden_size=hidden, num_layers=layers)  # fmt: skip
+    row = {"text": name, "chars": os.path.getsize(path), "size": size, "budget": float(budget),
+           "steps": steps_n, "best_val": result.best_val_loss,
+           "seconds_one_thread": round(time.perf_counter() - began, 1)}  # fmt: skip
+    with open(out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def table(path: str) -> None:
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    for key in sorted({(r["text"], r["budget"]) for r in rows}):
+        found = sorted((r["best_val"], r["size"], r["steps"]) for r in rows
+                       if (r["text"], r["budget"]) == key)  # fmt: skip
+        print(f"\n{key[0]}, {key[1]:g} s:")
+        for loss, size, steps in found:
+            print(f"  {size:>7}  {loss:.4f}  ({steps:,} steps)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("speeds")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--out", default="sweep/speeds.json")
+    p = sub.add_parser("run")
+    p.add_argument("--speeds", default="sweep/speeds.json")
+    p.add_argument("--texts", default="ts150k,code150k")
+    p.add_argument("--budgets", default="90")
+    p.add_argument("--sizes", default="", help="e.g. 128x1,256x2 (default: all timed)")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--out", default="sweep/runs.jsonl")
+    p = sub.add_parser("one")
+    p.add_argument("rest", nargs=6)
+    p = sub.add_parser("table")
+    p.add_argument("path")
+    args = parser.parse_args()
+    if args.what == "speeds":
+        speeds(args)
+    elif args.what == "run":
+        run(args)
+    elif args.what == "one":
+        one(*args.rest)
+    else:
+        table(args.path)
+
+
+if __name__ == "__main__":
+    main()
