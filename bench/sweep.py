@@ -1,18 +1,19 @@
 """The sweep behind choosing a model for a corpus and a budget (issue 21): held-out loss by
-corpus, budget and model size, on this machine.
+corpus, model size and training steps; and each size's speed on this machine.
 
-    python bench/sweep.py speeds --out sweep/speeds.json        # quiet machine, ~5 minutes
-    python bench/sweep.py run --speeds sweep/speeds.json --texts ts150k,code150k \\
-        --budgets 90 --jobs 2 --out sweep/runs.jsonl
-    python bench/sweep.py table sweep/runs.jsonl
+    python bench/sweep.py speeds --out sweep/speeds.json        # quiet machine, ~7 minutes
+    python bench/sweep.py run --texts ts150k,code150k --steps 300,1000,3000 --jobs 2
+    python bench/sweep.py run --texts ts150k --budgets 90,240 --speeds sweep/speeds.json
+    python bench/sweep.py table sweep/runs.jsonl --speeds sweep/speeds.json --budgets 90,300
 
-Two halves, so that the learning runs need no quiet machine. `speeds` times each model
-size on the real text for a few dozen steps, with charrnn's own thread choice, as a user's
-run would train. `run` then trains each (text, size, budget) for the steps that budget buys
-at that speed (`max_steps`, one thread per run: a run's result does not depend on what
-else the machine does, so `--jobs` runs can share the cores). A step-count run and a
-time-limited run of the same steps follow the same schedule (the learning rate decays over
-the planned steps either way). Each run validates on its text's last 10%, as `charrnn
+The learning runs are indexed by steps, not seconds, so they need no quiet machine and
+carry to other hardware: a run of N steps follows the same schedule whether N came from
+`--max-steps` or from a time limit (the learning rate decays over the planned steps
+either way), and each run uses one thread, so `--jobs` runs can share the cores without
+changing their results. What a budget of T seconds buys a size is T x its speed, timed
+apart (`speeds`, with charrnn's own thread choice, as a user's run trains; on a GPU, its
+own timing): `table --budgets` turns each size's loss-by-steps into loss-by-seconds here
+by interpolating in log steps. Each run validates on its text's last 10%, as `charrnn
 eval` would, and records the best validation loss.
 
 Texts: prefixes of Tiny Shakespeare (prose, 65 characters) and of this Python's standard
@@ -23,7 +24,9 @@ them as KIND + SIZE (ts150k, ts1m, code150k, code1m, code10m).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import statistics
 import sys
@@ -105,29 +108,33 @@ def _machine() -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Every (text, size, budget) not yet in --out, --jobs at a time."""
+    """Every (text, size, steps) not yet in --out, --jobs at a time."""
     import subprocess
 
-    with open(args.speeds) as f:
-        speed = json.load(f)["chars_per_sec"]
     folder = os.path.join(os.path.dirname(os.path.abspath(args.out)), "texts")
     os.makedirs(folder, exist_ok=True)
     done = set()
     if os.path.exists(args.out):
         with open(args.out) as f:
-            done = {(r["text"], r["size"], r["budget"]) for r in map(json.loads, f)}
+            done = {(r["text"], r["size"], r["steps"]) for r in map(json.loads, f)}
+    sizes = args.sizes.split(",") if args.sizes else [f"{h}x{n}" for h, n in SIZES]
+    if args.budgets:  # the steps each size trains in these seconds here
+        with open(args.speeds) as f:
+            speed = json.load(f)["chars_per_sec"]
+        counts = {size: [round(float(b) * speed[size] / (24 * 64)) for b in
+                         args.budgets.split(",")] for size in sizes}  # fmt: skip
+    else:
+        counts = {size: [int(n) for n in args.steps.split(",")] for size in sizes}
     todo = [
-        (name, size, budget)
-        for budget in map(float, args.budgets.split(","))
+        (name, size, steps)
         for name in args.texts.split(",")
-        for size in (args.sizes.split(",") if args.sizes else speed)
-        if (name, size, budget) not in done
+        for size in sizes
+        for steps in counts[size]
+        if (name, size, steps) not in done
     ]
     running: list[subprocess.Popen] = []
-    for name, size, budget in todo:
-        path = text(name, folder)
-        steps = max(1, round(budget * speed[size] / (24 * 64)))
-        cmd = [sys.executable, __file__, "one", path, name, size, str(budget), str(steps)]
+    for name, size, steps in todo:
+        cmd = [sys.executable, __file__, "one", text(name, folder), name, size, str(steps)]
         running.append(subprocess.Popen([*cmd, args.out]))
         while len(running) >= args.jobs:
             time.sleep(1)
@@ -136,7 +143,7 @@ def run(args: argparse.Namespace) -> None:
         p.wait()
 
 
-def one(path: str, name: str, size: str, budget: str, steps: str, out: str) -> None:
+def one(path: str, name: str, size: str, steps: str, out: str) -> None:
     import charrnn
 
     hidden, layers = map(int, size.split("x"))
@@ -146,23 +153,51 @@ def one(path: str, name: str, size: str, budget: str, steps: str, out: str) -> N
         result = charrnn.train(path, out=tmp, force=True, max_steps=steps_n, threads=1,
                                eval_every=max(1, steps_n // 4), sample_length=0,
                                hidden_size=hidden, num_layers=layers)  # fmt: skip
-    row = {"text": name, "chars": os.path.getsize(path), "size": size, "budget": float(budget),
-           "steps": steps_n, "best_val": result.best_val_loss,
+    row = {"text": name, "chars": os.path.getsize(path), "size": size, "steps": steps_n,
+           "best_val": result.best_val_loss, "history": result.history,
            "seconds_one_thread": round(time.perf_counter() - began, 1)}  # fmt: skip
     with open(out, "a") as f:
         f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
+    print(json.dumps({k: v for k, v in row.items() if k != "history"}), flush=True)
 
 
-def table(path: str) -> None:
-    with open(path) as f:
+def table(args: argparse.Namespace) -> None:
+    """Loss by steps for each text and size; with --speeds, loss by seconds here."""
+    with open(args.path) as f:
         rows = [json.loads(line) for line in f]
-    for key in sorted({(r["text"], r["budget"]) for r in rows}):
-        found = sorted((r["best_val"], r["size"], r["steps"]) for r in rows
-                       if (r["text"], r["budget"]) == key)  # fmt: skip
-        print(f"\n{key[0]}, {key[1]:g} s:")
-        for loss, size, steps in found:
-            print(f"  {size:>7}  {loss:.4f}  ({steps:,} steps)")
+    speed = {}
+    if args.speeds:
+        with open(args.speeds) as f:
+            speed = json.load(f)["chars_per_sec"]
+    for name in sorted({r["text"] for r in rows}):
+        mine = [r for r in rows if r["text"] == name]
+        steps = sorted({r["steps"] for r in mine})
+        print(f"\n{name} ({mine[0]['chars']:,} characters): best validation loss")
+        print("| size | " + " | ".join(f"{s:,} steps" for s in steps) + " |")
+        print("|---|" + "---|" * len(steps))
+        for size in sorted({r["size"] for r in mine}, key=lambda z: tuple(map(int, z.split("x")))):
+            found = {r["steps"]: r["best_val"] for r in mine if r["size"] == size}
+            cells = [f"{found[s]:.4f}" if s in found else "" for s in steps]
+            print(f"| {size} | " + " | ".join(cells) + " |")
+        for budget in map(float, args.budgets.split(",")) if speed else []:
+            guesses = []
+            for size in {r["size"] for r in mine} & set(speed):
+                curve = sorted((r["steps"], r["best_val"]) for r in mine if r["size"] == size)
+                want = budget * speed[size] / (24 * 64)
+                loss = _log_interpolate(curve, want)
+                if loss is not None:
+                    guesses.append((loss, size, want))
+            ranked = ", ".join(f"{z} {loss:.3f} ({w:,.0f} steps)" for loss, z, w in sorted(guesses))
+            print(f"{budget:g} s here: {ranked or 'outside the steps swept'}")
+
+
+def _log_interpolate(curve: list[tuple[int, float]], steps: float) -> float | None:
+    """The loss at `steps` on a curve of (steps, loss), linear in log steps; None outside."""
+    for (s0, l0), (s1, l1) in itertools.pairwise(curve):
+        if s0 <= steps <= s1:
+            t = (math.log(steps) - math.log(s0)) / (math.log(s1) - math.log(s0))
+            return l0 + t * (l1 - l0)
+    return None
 
 
 def main() -> None:
@@ -172,16 +207,19 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--out", default="sweep/speeds.json")
     p = sub.add_parser("run")
-    p.add_argument("--speeds", default="sweep/speeds.json")
     p.add_argument("--texts", default="ts150k,code150k")
-    p.add_argument("--budgets", default="90")
+    p.add_argument("--steps", default="300,1000,3000")
+    p.add_argument("--budgets", default="", help="seconds here instead of --steps, e.g. 90,240")
+    p.add_argument("--speeds", default="sweep/speeds.json", help="for --budgets")
     p.add_argument("--sizes", default="", help="e.g. 128x1,256x2 (default: all timed)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="sweep/runs.jsonl")
     p = sub.add_parser("one")
-    p.add_argument("rest", nargs=6)
+    p.add_argument("rest", nargs=5)
     p = sub.add_parser("table")
     p.add_argument("path")
+    p.add_argument("--speeds", default="")
+    p.add_argument("--budgets", default="90,300")
     args = parser.parse_args()
     if args.what == "speeds":
         speeds(args)
@@ -190,7 +228,7 @@ def main() -> None:
     elif args.what == "one":
         one(*args.rest)
     else:
-        table(args.path)
+        table(args)
 
 
 if __name__ == "__main__":
