@@ -8,7 +8,7 @@ DEMO_OUT   ?= checkpoints/demo
 DEMO_LIMIT ?= 2m
 DEMO_ARGS  ?=
 
-.PHONY: install browser demo test smoke lint format bench bench-quick bench-novelty bench-web clean
+.PHONY: install browser demo test smoke lint format bench bench-quick bench-novelty bench-web bench-serve clean
 
 install: $(STAMP)
 
@@ -70,6 +70,10 @@ bench-novelty: $(STAMP)
 
 bench-web: $(STAMP)
 	$(PY) bench/web_export.py
+
+# charrnn serve: 1 to 64 concurrent streams, one lane against one per core, side by side.
+bench-serve: $(STAMP)
+	$(PY) bench/serve.py --lanes 1,auto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
