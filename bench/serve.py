@@ -11,8 +11,9 @@ each count N sends N requests at once from one asyncio client (plain sockets, HT
 the client costs little of the CPU it shares with the server) and times them: aggregate =
 N x length / seconds until the last stream ends; per-stream = the mean over streams of
 length / that stream's seconds; and characters per CPU-second of the server and its lane
-processes (user + system time from /proc), which a busy neighbour changes less than it changes the rates.
-The median of --runs runs each, the runs taken in turn over the counts. Without --checkpoint it
+processes (user + system time from /proc), which a busy neighbour changes less than it
+changes the rates. The median of --runs runs each, the runs taken in turn over the servers
+and counts. Without --checkpoint it
 trains a default-size model for one step (its speed does not depend on how well it is
 trained). The machine is shared: note `uptime` beside the numbers.
 """
