@@ -439,3 +439,37 @@ def test_busy_seconds_leave_out_idle_niced_and_stolen_time(monkeypatch):
     # user nice system idle iowait irq softirq steal
     line = "cpu  1000 5000 200 90000 300 10 20 4000 0 0"
     assert eng.cpu_busy_seconds(line) == (1000 + 200 + 10 + 20) / 100
+
+
+def test_rows_and_counters_stay_right_through_many_joins_cancels_and_ends(model):
+    """Streams of random lengths, stop texts and seeds come faster than rows free up,
+    and 4 in 10 are cancelled (queued, running or already ended): when it is all over,
+    no row, queue place or stream is left taken, and every stream is counted once."""
+    import random
+
+    from charrnn.serve.engine import wait_idle
+
+    engine = Engine(model, max_streams=6, max_queue=4, lanes=2).start()
+    rng, streams, refused, ends = random.Random(0), [], 0, []
+    for _ in range(120):
+        config = SampleConfig(
+            length=rng.randint(1, 300),
+            random_seed=rng.choice([None, None, 3]),
+            stop_at=rng.choice([None, "\n"]),
+        )
+        try:
+            job = Job("T", [model.vocab.index["T"]], config)
+            streams.append(engine.submit(job, lambda text, end: end and ends.append(end)))
+        except EngineBusy:
+            refused += 1
+        if rng.random() < 0.4 and streams:
+            rng.choice(streams).cancel()
+        time.sleep(rng.random() * 0.004)
+    assert wait_idle(engine, 60)
+    stats = engine.snapshot()
+    engine.close()
+    assert (stats["active"], stats["queued"], len(engine.streams)) == (0, 0, 0)
+    assert [lane.rows for lane in engine.lanes] == [0, 0]
+    never_started = len(streams) - stats["started"]
+    assert stats["finished"] + stats["cancelled"] == stats["started"] + never_started
+    assert len(ends) == stats["finished"] and refused + len(streams) == 120
