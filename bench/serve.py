@@ -34,6 +34,9 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(ROOT, "corpora", "tinyshakespeare.txt")
+# A server measures the load of other programs over this many seconds (engine.Room): the
+# other server's runs must be out of that window.
+LOOK_SECONDS = 2.0
 
 
 def free_port() -> int:
@@ -121,9 +124,13 @@ def main() -> None:
                 servers[lanes] = (start_server(checkpoint, port, max(counts), lanes), port)
             # Runs go round the servers and counts, so a neighbour's load falls on all alike.
             results: dict[tuple, list] = {(lanes, n): [] for lanes in servers for n in counts}
+            last = None
             for _ in range(args.runs):
                 for (lanes, n), found in results.items():
                     proc, port = servers[lanes]
+                    if last not in (None, lanes):  # the other server's load, out of view
+                        time.sleep(LOOK_SECONDS + 0.5)
+                    last = lanes
                     cpu0 = cpu_seconds(proc.pid)
                     agg, per = asyncio.run(one_run(port, n, args.length))
                     found.append((agg, per, n * args.length / (cpu_seconds(proc.pid) - cpu0)))

@@ -406,8 +406,9 @@ def test_lanes_must_be_a_whole_number(checkpoint):
 
 
 def test_new_streams_use_only_the_cores_other_programs_leave(monkeypatch):
-    """Room: from /proc/stat's busy time less the server's own, every 2 s. Another program
-    holding a core of two leaves one lane for new streams; when it stops, two again."""
+    """Room: from /proc/stat's busy time less the server's own, over the last look's span.
+    Another program holding a core of two leaves one lane for new streams; when it stops,
+    two again."""
     from charrnn.serve import engine as eng
 
     clock, busy, ours = [0.0], [0.0], [0.0]
@@ -421,15 +422,17 @@ def test_new_streams_use_only_the_cores_other_programs_leave(monkeypatch):
         clock[0] += seconds
         busy[0] += (others + mine) * seconds
         ours[0] += mine * seconds
+        room.look()
         return room.lanes()
 
-    assert room.lanes() == 2  # the first look has nothing to compare with
+    assert after(0, others=0.0, mine=0.0) == 2  # the first look has nothing to compare with
     assert after(2, others=0.1, mine=1.9) == 2  # the server itself using both cores
     assert after(2, others=1.0, mine=1.0) == 1  # another program holds a core
-    assert after(1, others=0.0, mine=2.0) == 1  # looked at most every 2 s
-    assert after(2, others=0.0, mine=2.0) == 2
+    assert after(2, others=0.0, mine=2.0) == 2  # and lets go of it
     assert after(2, others=2.0, mine=0.0) == 1  # never fewer than one
-    assert eng.Room(1, lambda: [1]).lanes() == 1
+    one = eng.Room(1, lambda: [1])
+    one.look()
+    assert one.lanes() == 1
 
 
 def test_busy_seconds_leave_out_idle_niced_and_stolen_time(monkeypatch):

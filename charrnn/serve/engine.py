@@ -14,7 +14,6 @@ goes to `deliver` (the HTTP layer hands it to the event loop).
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import pickle
 import socket
@@ -114,6 +113,7 @@ class Engine:
         # New streams go to as many lanes as there are cores that other programs leave
         # free: on a 2-core machine with one core busy, two lanes were 13% slower than one.
         self.room = Room(len(self.lanes), self._pids)
+        self.stopped = threading.Event()  # set by close(): the room's watch ends
 
     def start(self) -> Engine:
         """Start the lane processes and wait until each is ready to step."""
@@ -121,7 +121,7 @@ class Engine:
             lane.start(self.model)
         for lane in self.lanes:
             lane.wait_ready()
-        self.room.lanes()  # the first look: what the next ones compare with
+        threading.Thread(target=self.room.watch, args=(self.stopped,), daemon=True).start()
         return self
 
     def submit(self, job: Job, sink: Sink) -> Stream:
@@ -140,6 +140,7 @@ class Engine:
 
     def close(self, timeout: float = 5.0) -> None:
         """Cut every stream (each is told "shutdown") and stop the lanes."""
+        self.stopped.set()
         with self.lock:
             self.closing = self.closing or "shutdown"
             queued = self._take_queue()
@@ -245,8 +246,9 @@ def default_lanes() -> int:
 
 class Room:
     """How many lanes new streams may use: the usable cores less those other programs keep
-    busy (at normal priority: niced work gives way), looked up every LOOK_SECONDS from
-    /proc/stat less this server's own CPU time. Without /proc, every lane."""
+    busy (at normal priority: niced work gives way), measured over the last LOOK_SECONDS
+    from /proc/stat less this server's own CPU time, by a thread (watch). Without /proc,
+    every lane."""
 
     LOOK_SECONDS = 2.0
     BUSY = 0.75  # of a core, as in threads.py: a core that busy is taken
@@ -256,17 +258,21 @@ class Room:
         self.cores = default_cores()
         self.room = lanes
         self.last: tuple[float, float, float] | None = None  # (time, busy, ours) in seconds
-        self.looked = -math.inf
 
     def lanes(self) -> int:
-        now = time.monotonic()
-        if self.max_lanes > 1 and now - self.looked >= self.LOOK_SECONDS:
-            self.looked = now
-            others = self._others(now)
-            if others is not None:
-                taken = int(others + 1 - self.BUSY)
-                self.room = max(1, min(self.max_lanes, self.cores - taken))
         return self.room
+
+    def look(self) -> None:
+        """The cores others used since the last look set the room."""
+        others = self._others(time.monotonic()) if self.max_lanes > 1 else None
+        if others is not None:
+            taken = int(others + 1 - self.BUSY)
+            self.room = max(1, min(self.max_lanes, self.cores - taken))
+
+    def watch(self, stop: threading.Event) -> None:
+        self.look()  # the first look: what the next ones compare with
+        while not stop.wait(self.LOOK_SECONDS):
+            self.look()
 
     def _others(self, now: float) -> float | None:
         """Cores other programs used since the last look, or None (first look, no /proc)."""
