@@ -171,14 +171,12 @@ def table(args: argparse.Namespace) -> None:
             speed = json.load(f)["chars_per_sec"]
     for name in sorted({r["text"] for r in rows}):
         mine = [r for r in rows if r["text"] == name]
-        steps = sorted({r["steps"] for r in mine})
         print(f"\n{name} ({mine[0]['chars']:,} characters): best validation loss")
-        print("| size | " + " | ".join(f"{s:,} steps" for s in steps) + " |")
-        print("|---|" + "---|" * len(steps))
+        print("| size | " + " | ".join(["steps, best val"] * max_runs(mine)) + " |")
+        print("|---|" + "---|" * max_runs(mine))
         for size in sorted({r["size"] for r in mine}, key=lambda z: tuple(map(int, z.split("x")))):
-            found = {r["steps"]: r["best_val"] for r in mine if r["size"] == size}
-            cells = [f"{found[s]:.4f}" if s in found else "" for s in steps]
-            print(f"| {size} | " + " | ".join(cells) + " |")
+            found = sorted((r["steps"], r["best_val"]) for r in mine if r["size"] == size)
+            print(f"| {size} | " + " | ".join(f"{s:,}: {v:.4f}" for s, v in found) + " |")
         for budget in map(float, args.budgets.split(",")) if speed else []:
             guesses = []
             for size in {r["size"] for r in mine} & set(speed):
@@ -189,6 +187,12 @@ def table(args: argparse.Namespace) -> None:
                     guesses.append((loss, size, want))
             ranked = ", ".join(f"{z} {loss:.3f} ({w:,.0f} steps)" for loss, z, w in sorted(guesses))
             print(f"{budget:g} s here: {ranked or 'outside the steps swept'}")
+
+
+def max_runs(rows: list[dict]) -> int:
+    """The most runs any one size has among rows."""
+    sizes = [r["size"] for r in rows]
+    return max(sizes.count(z) for z in set(sizes))
 
 
 def _log_interpolate(curve: list[tuple[int, float]], steps: float) -> float | None:
