@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 # The environment variables that fix the thread count; the user's choice when set.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# Cores' worth of other work (load average, or measured CPU) that counts a core as taken.
+BUSY_CORE = 0.75
 
 # A step slower than this many times the best median so far ends a candidate's trial early:
 # with two threads against a busy core a step can take 5 to 10 times longer, and a full
@@ -100,7 +102,7 @@ def busy_elsewhere() -> bool:
     """Whether other work seems to hold a core now (the 1-minute load average, which
     lags: a first guess that the pilot's timing corrects)."""
     try:
-        return os.getloadavg()[0] >= 0.75
+        return os.getloadavg()[0] >= BUSY_CORE
     except OSError:  # not on this platform
         return False
 

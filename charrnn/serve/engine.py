@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..config import SampleConfig
+from ..threads import BUSY_CORE
 from .lane import FLUSH_SECONDS
 
 # What a stream's sink is told, from a lane's reader thread: text to append, and once,
@@ -100,7 +101,7 @@ class Engine:
         self.max_streams, self.max_queue = max_streams, max_queue
         # Called from a lane's reader thread with [(stream, text, end)], a few dozen times
         # a second per lane; by default each stream's sink is called in turn.
-        self.deliver = deliver or _call_sinks
+        self.deliver = deliver or call_sinks
         self.flush_seconds = flush_seconds
         self.streams: dict[int, Stream] = {}  # by sid: those in a lane or the queue
         self.pending: deque[Stream] = deque()
@@ -251,7 +252,7 @@ class Room:
     every lane."""
 
     LOOK_SECONDS = 2.0
-    BUSY = 0.75  # of a core, as in threads.py: a core that busy is taken
+    BUSY = BUSY_CORE  # a core that busy is taken, as for the other commands' threads
 
     def __init__(self, lanes: int, pids: Callable[[], list[int]]):
         self.max_lanes, self.pids = lanes, pids
@@ -394,7 +395,8 @@ class _LaneProcess:
             self.ready.set()
 
 
-def _call_sinks(items: list[tuple[Stream, str, str | None]]) -> None:
+def call_sinks(items: list[tuple[Stream, str, str | None]]) -> None:
+    """Each stream's piece to its sink, in order."""
     for stream, text, end in items:
         stream.sink(text, end)
 

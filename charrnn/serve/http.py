@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from .engine import Engine, EngineBusy, Job, Stream
+from .engine import Engine, EngineBusy, Job, Stream, call_sinks
 from .requests import (
     GENERATE_FIELDS,
     SCORE_FIELDS,
@@ -38,7 +38,7 @@ def build_app(model: Any, limits: Limits) -> FastAPI:
             limits.max_streams,
             limits.max_queue,
             lanes=limits.lanes,
-            deliver=lambda items: loop.call_soon_threadsafe(_fan_out, items),
+            deliver=lambda items: loop.call_soon_threadsafe(call_sinks, items),
         ).start()
         yield
         app.state.engine.close()
@@ -113,12 +113,6 @@ def _health(engine: Engine, model: Any, limits: Limits) -> dict[str, Any]:
         "lanes": len(engine.lanes),  # processes stepping streams side by side
         "limits": vars(limits),
     }
-
-
-def _fan_out(items: list[tuple[Stream, str, str | None]]) -> None:
-    """On the event loop: one step's text to each stream's queue."""
-    for stream, text, end in items:
-        stream.sink(text, end)
 
 
 async def _read_body(request: Request, limits: Limits) -> bytes:
