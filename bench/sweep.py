@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> None:
     done = set()
     if os.path.exists(args.out):
         with open(args.out) as f:
-            done = {(r["text"], r["size"], r["steps"]) for r in map(json.loads, f)}
+            done = {(r["text"], r["size"], r["steps"], r.get("dropout", 0.2))
+                    for r in map(json.loads, f)}  # fmt: skip
     sizes = args.sizes.split(",") if args.sizes else [f"{h}x{n}" for h, n in SIZES]
     if args.budgets:  # the steps each size trains in these seconds here
         with open(args.speeds) as f:
@@ -130,12 +131,12 @@ def run(args: argparse.Namespace) -> None:
         for name in args.texts.split(",")
         for size in sizes
         for steps in counts[size]
-        if (name, size, steps) not in done
+        if (name, size, steps, args.dropout) not in done
     ]
     running: list[subprocess.Popen] = []
     for name, size, steps in todo:
         cmd = [sys.executable, __file__, "one", text(name, folder), name, size, str(steps)]
-        running.append(subprocess.Popen([*cmd, args.out]))
+        running.append(subprocess.Popen([*cmd, args.out, str(args.dropout)]))
         while len(running) >= args.jobs:
             time.sleep(1)
             running = [p for p in running if p.poll() is None]
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> None:
         p.wait()
 
 
-def one(path: str, name: str, size: str, steps: str, out: str) -> None:
+def one(path: str, name: str, size: str, steps: str, out: str, dropout: str) -> None:
     import charrnn
 
     hidden, layers = map(int, size.split("x"))
@@ -152,8 +153,10 @@ def one(path: str, name: str, size: str, steps: str, out: str) -> None:
         began = time.perf_counter()
         result = charrnn.train(path, out=tmp, force=True, max_steps=steps_n, threads=1,
                                eval_every=max(1, steps_n // 4), sample_length=0,
-                               hidden_size=hidden, num_layers=layers)  # fmt: skip
+                               hidden_size=hidden, num_layers=layers,
+                               dropout=float(dropout))  # fmt: skip
     row = {"text": name, "chars": os.path.getsize(path), "size": size, "steps": steps_n,
+           "dropout": float(dropout),
            "best_val": result.best_val_loss, "history": result.history,
            "seconds_one_thread": round(time.perf_counter() - began, 1)}  # fmt: skip
     with open(out, "a") as f:
@@ -204,6 +207,162 @@ def _log_interpolate(curve: list[tuple[int, float]], steps: float) -> float | No
     return None
 
 
+def fit(args: argparse.Namespace) -> None:
+    """Fit charrnn/sizing.py's cost and loss laws to the speeds and the runs (dropout 0.2),
+    and show, for each (text, steps budget), the size measured best and the size the fitted
+    law picks."""
+    import torch
+
+    from charrnn import sizing
+
+    with open(args.speeds) as f:
+        speed = json.load(f)["chars_per_sec"]
+    _fit_cost(speed)
+    with open(args.path) as f:
+        rows = [r for r in map(json.loads, f) if r.get("dropout", 0.2) == 0.2]
+    kinds = sorted({r["text"] for r in rows})  # E per text: 150 KB of code is not 10 MB of it
+    p = torch.tensor([sizing.recurrent_params(*map(int, r["size"].split("x"))) / 1e6 for r in rows])
+    d = torch.tensor([r["steps"] * 24 * 64 / 1e6 for r in rows], dtype=torch.float64)
+    n = torch.tensor([r["chars"] * 0.9 / 1e6 for r in rows], dtype=torch.float64)
+    kind = torch.tensor([kinds.index(r["text"]) for r in rows])
+    y = torch.tensor([r["best_val"] for r in rows], dtype=torch.float64)
+    p = p.double()
+    best = None
+    for start in itertools.product((-3.0, -1.0), (-1.0,), (-2.0, 0.0), (-1.0,), (0.0, 3.0)):
+        theta = torch.tensor([*start, *[1.0] * len(kinds)], dtype=torch.float64)
+        loss, theta = _fit_from(theta, (p, d, n, kind), y)
+        if math.isfinite(loss) and (best is None or loss < best[0]):
+            best = (loss, theta)
+    mse, theta = best
+    a, alpha, b, beta = theta[0].exp(), theta[1].exp(), theta[2].exp(), theta[3].exp()
+    r = 1 + theta[4].exp()
+    print(f"A, ALPHA = {a:.4g}, {alpha:.4g}\nB, BETA = {b:.4g}, {beta:.4g}\nR = {r:.4g}")
+    print("E: " + ", ".join(f"{k} {theta[5 + i]:.4f}" for i, k in enumerate(kinds)))
+    print(f"rms error {mse**0.5:.4f} nats/char over {len(rows)} runs")
+    guess = _law(theta, p, d, n, kind)
+    for i, row in enumerate(rows):
+        row["guess"] = guess[i].item()
+    for key in sorted({(r["text"], round(r["steps"] * 24 * 64 / speed[r["size"]])) for r in rows}):
+        same = [r for r in rows if (r["text"], round(r["steps"] * 1536 / speed[r["size"]])) == key]
+        if len(same) < 3:
+            continue
+        measured = min(same, key=lambda r: r["best_val"])
+        picked = min(same, key=lambda r: r["guess"])
+        print(f"{key[0]} {key[1]} s: measured best {measured['size']} "
+              f"{measured['best_val']:.4f}; law picks {picked['size']} "
+              f"({picked['best_val']:.4f} measured); "
+              + ", ".join(f"{r['size']} {r['best_val']:.3f}/{r['guess']:.3f}"
+                          for r in same))  # fmt: skip
+
+
+def _fit_from(theta, data, y):
+    """Least squares of the law from one start (L-BFGS): (mean squared error, parameters)."""
+    import torch
+
+    theta = theta.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([theta], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = ((_law(theta, *data) - y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return closure().item(), theta.detach()
+
+
+def _law(theta, p, d, n, kind):
+    """sizing.predicted_loss with E per text kind, in fit parameters (logs where positive)."""
+    pool = n * (1 + theta[4].exp())  # R >= 1: a first epoch is worth all its characters
+    effective = pool * -torch_expm1(-d / pool)
+    alpha, beta = theta[1].exp(), theta[3].exp()
+    excess = theta[0].exp() * p**-alpha + theta[2].exp() * effective**-beta
+    return theta[5:][kind] + excess
+
+
+def torch_expm1(x):
+    import torch
+
+    return torch.expm1(x)
+
+
+def _fit_cost(speed: dict[str, float]) -> None:
+    """Least squares of seconds per char = layers x OVERHEAD + PER_PARAM x P."""
+    import numpy as np
+
+    from charrnn import sizing
+
+    sizes = [tuple(map(int, z.split("x"))) for z in speed]
+    x = np.array([[n, sizing.recurrent_params(h, n)] for h, n in sizes], dtype=float)
+    y = np.array([1 / speed[f"{h}x{n}"] for h, n in sizes])
+    w = 1 / y  # relative error: the small sizes' costs matter as much as the large ones'
+    (overhead, per_param), *_ = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)
+    print(f"OVERHEAD = {overhead:.4g}\nPER_PARAM = {per_param:.4g}")
+    for (h, n), cost in zip(sizes, x @ [overhead, per_param], strict=True):
+        print(f"  {h} x {n}: measured {speed[f'{h}x{n}']:,.0f} chars/s, law {1 / cost:,.0f}")
+
+
+def plot(args: argparse.Namespace) -> None:
+    """The figure in docs/choosing-a-model.md: measured against fitted loss for each swept
+    text and budget, and the rule's choice by budget for several corpus sizes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from charrnn import sizing
+
+    with open(args.speeds) as f:
+        speed = json.load(f)["chars_per_sec"]
+    with open(args.path) as f:
+        rows = [r for r in map(json.loads, f) if r.get("dropout", 0.2) == 0.2]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        budget = round(r["steps"] * 24 * 64 / speed[r["size"]] / 30) * 30
+        groups.setdefault((r["text"], budget), []).append(r)
+    for (name, budget), same in sorted(groups.items()):
+        if len(same) < 3:
+            continue
+        same.sort(key=lambda r: sizing.recurrent_params(*map(int, r["size"].split("x"))))
+        x = [sizing.recurrent_params(*map(int, r["size"].split("x"))) / 1e6 for r in same]
+        e = statistics.median(r["best_val"] - _excess(r) for r in same)
+        (line,) = left.plot(x, [r["best_val"] for r in same], "o", label=f"{name}, {budget} s")
+        left.plot(x, [e + _excess(r) for r in same], "-", color=line.get_color(), alpha=0.6)
+    left.set_xscale("log")
+    left.set_xlabel("recurrent weights (millions)")
+    left.set_ylabel("best validation loss (nats/char)")
+    left.set_title("measured (dots) and the fitted law (lines)")
+    left.legend(fontsize=8)
+    default = speed["256x2"]
+    cost = sizing.seconds_per_char
+    speeds = {s: default * cost(*sizing.DEFAULT_SIZE) / cost(*s) for s in sizing.SIZES}
+    budgets = [30 * 2**k for k in range(0, 11)]
+    for chars in (20_000, 150_000, 1_000_000, 10_000_000, 100_000_000):
+        chosen = [sizing.choose(chars, sizing.Budget(b, None, ""), speeds, 1536, False, "")
+                  for b in budgets]  # fmt: skip
+        right.plot([b / 60 for b in budgets],
+                   [sizing.recurrent_params(c.hidden_size, c.num_layers) / 1e6 for c in chosen],
+                   "o-", label=f"{chars / 1e6:g}M characters")  # fmt: skip
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("time budget on this CPU (minutes)")
+    right.set_ylabel("recurrent weights of the chosen size (millions)")
+    right.set_title("the rule's choice (swept: 1.5 to 10 minutes; beyond, extrapolated)")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out)
+    print(f"wrote {args.out}")
+
+
+def _excess(row: dict) -> float:
+    from charrnn import sizing
+
+    hidden, layers = map(int, row["size"].split("x"))
+    return sizing.predicted_loss(hidden, layers, row["steps"] * 24 * 64, int(row["chars"] * 0.9))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -216,10 +375,18 @@ def main() -> None:
     p.add_argument("--budgets", default="", help="seconds here instead of --steps, e.g. 90,240")
     p.add_argument("--speeds", default="sweep/speeds.json", help="for --budgets")
     p.add_argument("--sizes", default="", help="e.g. 128x1,256x2 (default: all timed)")
+    p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="sweep/runs.jsonl")
     p = sub.add_parser("one")
-    p.add_argument("rest", nargs=5)
+    p.add_argument("rest", nargs=6)
+    p = sub.add_parser("fit")
+    p.add_argument("path")
+    p.add_argument("--speeds", default="sweep/speeds.json")
+    p = sub.add_parser("plot")
+    p.add_argument("path")
+    p.add_argument("--speeds", default="sweep/speeds.json")
+    p.add_argument("--out", default="docs/choosing-a-model.svg")
     p = sub.add_parser("table")
     p.add_argument("path")
     p.add_argument("--speeds", default="")
@@ -229,6 +396,10 @@ def main() -> None:
         speeds(args)
     elif args.what == "run":
         run(args)
+    elif args.what == "plot":
+        plot(args)
+    elif args.what == "fit":
+        fit(args)
     elif args.what == "one":
         one(*args.rest)
     else:

@@ -13,7 +13,9 @@ from .errors import TrainingInterrupted
 
 __version__ = "0.1.0"
 
-__all__ = ["DynamicConfig", "Model", "TrainingInterrupted", "__version__", "load", "train"]
+__all__ = [
+    "DynamicConfig", "Model", "TrainingInterrupted", "__version__", "load", "plan", "train",
+]  # fmt: skip
 
 _FROM_API = {
     "DynamicConfig": "DynamicConfig",
@@ -24,6 +26,10 @@ _FROM_API = {
 
 
 def __getattr__(name: str):
+    if name == "plan":
+        from .plan import python_plan
+
+        return python_plan
     if name in _FROM_API:
         from . import api
 

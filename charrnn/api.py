@@ -48,6 +48,7 @@ from .sample import check_seed, check_stop, generate
 from .sources import resolve as resolve_sources
 from .training import Notice, StopRequest, TrainResult, evaluate
 from .training import train as train_loop
+from .training.choose import ModelChosen, choose_for_run, wants_choice
 from .vocab import Vocab, describe_chars, encode_in
 
 _SAMPLE = SampleConfig()  # the defaults, defined once in config.py
@@ -364,13 +365,18 @@ def _run(
         emit(Notice(notice))
     prepared = _prepare(world, sources, r.encoding, r.cache_dir, emit)
     data = world.together(lambda: _open_corpus(prepared, sources.name, train_config, ckpt))
-    init = None
+    init, choice = None, None
     if source is not None:
         data, init = _start_from(source, source_vocab, r.init_from, data, train_config, emit)
+    elif not r.resume and wants_choice(r.given):
+        choice = choose_for_run(r.given, train_config, data, world, started)
+        model_kw = {**model_kw, **choice.model_options()}
+        emit(ModelChosen(choice))
     if not r.resume:
         model_config = ModelConfig(**model_kw, vocab_size=len(data.vocab))
+    record = choice.to_dict() if choice else None
     return train_loop(
-        model_config, train_config, data, run_dir, emit, ckpt, stop, init, started, world
+        model_config, train_config, data, run_dir, emit, ckpt, stop, init, started, world, record
     )
 
 

@@ -197,3 +197,31 @@ def _running(out: str) -> bool:
         if out.encode() in cmd and state != "Z":
             return True
     return False
+
+
+def test_a_run_that_names_no_size_says_its_choice_in_a_terminal_and_resumes_it(tmp_path, corpus):
+    """`charrnn train corpus --time-limit` as a newcomer types it: no size given. The start
+    line says what charrnn chose and why; Ctrl-C saves; --resume trains the same model."""
+    out = str(tmp_path / "run")
+    argv = [*CHARRNN, "train", corpus, "--time-limit", "10m", "--eval-every", "10"]
+    argv += ["--sample-length", "20", "--out", out]
+    with Terminal(argv, cwd=str(tmp_path)) as term:
+        said = term.expect(r"model: (\d+) x (\d+) LSTM, dropout [\d.]+ \(chosen for 54K characters")
+        term.expect(r"sample at step 10", timeout=120)
+        term.send(CTRL_C)
+        code = term.wait(timeout=60)
+    assert code == 130, term.tail()
+    layers, width = int(said[1]), int(said[2])
+    saved = torch.load(os.path.join(out, "last.pt"), map_location="cpu", weights_only=True)
+    assert (saved["model_config"]["num_layers"], saved["model_config"]["hidden_size"]) == (
+        layers,
+        width,
+    )
+    step = saved["step"]
+    with Terminal([*CHARRNN, "train", corpus, "--out", out, "--resume", "--max-steps",
+                   str(step + 3)], cwd=str(tmp_path)) as term:  # fmt: skip
+        code = term.wait(timeout=120)
+    assert code == 0 and "model: " not in term.text, term.tail()
+    assert f"resuming at step {step}" in term.text
+    again = torch.load(os.path.join(out, "last.pt"), map_location="cpu", weights_only=True)
+    assert again["model_config"] == saved["model_config"] and again["step"] == step + 3

@@ -344,6 +344,7 @@ def _info(path: str, as_json: bool) -> None:
             {**entry, "source_now": finetune.source_status(entry, load_checkpoint)}
             for entry in ckpt.get("lineage") or []
         ],
+        "model_choice": ckpt.get("model_choice"),  # None: the size was named (or older)
     }
     if as_json:
         try:
@@ -359,6 +360,7 @@ def _info(path: str, as_json: bool) -> None:
         f"checkpoint   {path} (format {info['format_version']}, charrnn {info['charrnn_version']})",
         f"model        {m['model']}, {m['num_layers']} x {m['hidden_size']}, dropout "
         f"{m['dropout']}{_weight_drop(m)}: {info['num_params']:,} parameters",
+        *_choice_line(info["model_choice"]),
         f"input        {describe_input(model.config)}",
         f"vocabulary   {describe_vocab(vocab.chars)}",
         f"trained      {info['step']} steps ({fmt_epochs(_epochs(ckpt))} epochs) on "
@@ -370,6 +372,13 @@ def _info(path: str, as_json: bool) -> None:
         *_lineage_lines(info["lineage"]),
     ]
     out.print("\n".join(lines))
+
+
+def _choice_line(choice: Any) -> list[str]:
+    """How the size came about, when charrnn chose it (charrnn/sizing.py)."""
+    if not isinstance(choice, dict) or not isinstance(choice.get("reason"), str):
+        return []
+    return [f"size         {choice['reason']}"]
 
 
 def _lineage_lines(lineage: list[dict[str, Any]]) -> list[str]:

@@ -16,6 +16,7 @@ from rich.text import Text
 from .. import api
 from ..config import SampleConfig
 from ..training import MIN_VAL_STREAM, Evaluated, Notice, RunStarted, StepDone
+from ..training.choose import ModelChosen
 from .app import field_default
 from .streams import err, warn
 
@@ -65,6 +66,8 @@ class Reporter:
                 f"corpus: {event.num_files} file(s), {event.num_chars:,} characters; ids {how} "
                 f"in {event.seconds:.1f}s ({event.path})"
             )
+        if isinstance(event, ModelChosen):
+            self.line(model_line(event.choice))
         if isinstance(event, RunStarted):
             self.started(event)
         elif isinstance(event, Evaluated):
@@ -152,6 +155,15 @@ class Reporter:
             self.display = None
         self.progress = None
         self.panel = None
+
+
+def model_line(choice: Any) -> str:
+    """The start line's account of the model: what, and why."""
+    drop = "" if choice.dropout is None else f", dropout {choice.dropout:g}"
+    named = choice.reason.startswith("named")
+    how = "" if named else "; --hidden-size/--num-layers to choose yourself"
+    what = f"{choice.num_layers} x {choice.hidden_size} {choice.cell.upper()}"
+    return f"model: {what}{drop} ({choice.reason}{how})"
 
 
 def _where(e: RunStarted) -> str:

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import typer
 from rich.markup import escape
 
-from .. import api
+from .. import api, plan
 from ..cachedir import CACHE_ENV
 from ..config import (
     DEFAULT_EPOCHS,
@@ -28,7 +28,7 @@ from ..request import MODEL_OPTIONS, TRAIN_OPTIONS, check_request
 from ..rundir import RunDir
 from ..training import LN2, StopRequest
 from .app import DEVICE_METAVAR, app, complete_device, examples, field_default, option
-from .progress import Reporter, fmt_epochs, fmt_time
+from .progress import Reporter, fmt_epochs, fmt_time, model_line
 from .signals import install_stop_handlers, signal_seen
 from .streams import err, guarded, unmute
 
@@ -51,10 +51,21 @@ def train_cmd(
     ),
     out: str = typer.Option("checkpoints", "--out", "-o", help="Folder for checkpoints."),
     model: str = option(ModelConfig, "model", "lstm, rnn (tanh) or gru.", choices=MODELS),
-    hidden_size: int = option(ModelConfig, "hidden_size", "Units per layer."),
-    num_layers: int = option(ModelConfig, "num_layers", "Stacked layers."),
-    dropout: float = option(
-        ModelConfig, "dropout", "Dropout between layers and before the output."
+    hidden_size: int = typer.Option(
+        None,
+        help="Units per layer (default: charrnn chooses width and depth from the text, the "
+        "budget and this device's speed; see --dry-run).",
+    ),
+    num_layers: int = typer.Option(
+        None,
+        help="Stacked layers (default: chosen with the width; naming either chooses "
+        f"yourself, the other then {field_default(ModelConfig, 'hidden_size')} units or "
+        f"{field_default(ModelConfig, 'num_layers')} layers).",
+    ),
+    dropout: float = typer.Option(
+        None,
+        help="Dropout between layers and before the output (default: by the epochs in the "
+        f"budget when charrnn chooses the size, else {field_default(ModelConfig, 'dropout')}).",
     ),
     weight_drop: float = option(
         ModelConfig,
@@ -131,6 +142,12 @@ def train_cmd(
     ),
     force: bool = typer.Option(False, "--force", help="Start over in an --out that has a run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Say which model this run would train, its speed here and the epochs in the "
+        "budget, and train nothing.",
+    ),
     nproc_per_node: int = typer.Option(
         None,
         "--nproc-per-node",
@@ -151,6 +168,9 @@ def train_cmd(
         for name, value in ctx.params.items()
         if name in typed and name in MODEL_OPTIONS + TRAIN_OPTIONS
     }
+    if dry_run:
+        guarded(lambda: _dry_run(corpus, given, encoding, resume, init_from, cache_dir))
+        return
     if nproc_per_node is not None:
         request = (corpus, resume, force, init_from, encoding, given)
         guarded(lambda: _launch(nproc_per_node, out, *request))
@@ -164,6 +184,47 @@ def train_cmd(
         if is_reporter():
             err.print(f"stopped at once; {saved}")
         raise typer.Exit(code=143 if signal_seen == ["SIGTERM"] else 130) from None
+
+
+def _dry_run(
+    corpus_paths: list[str],
+    given: dict[str, Any],
+    encoding: str,
+    resume: bool,
+    init_from: str | None,
+    cache_dir: str | None,
+) -> None:
+    """--dry-run: the plan on stdout (it is what was asked for), nothing trained or written."""
+    if resume or init_from is not None:
+        flag = "--resume" if resume else "--init-from"
+        raise UsageError(
+            f"--dry-run plans a new run, and {flag} trains the checkpoint's model: drop one"
+        )
+    reporter = Reporter(quiet=False)  # the corpus line, on stderr as in a run
+    err.print("reading the text, then timing a few training steps here...")
+    choice = plan.plan(corpus_paths, encoding, cache_dir, reporter, given)
+    print(model_line(choice))
+    print(f"speed: about {choice.chars_per_sec:,.0f} characters/s here")
+    print(
+        f"budget: {choice.chars / 1e6:.3g}M characters: {fmt_epochs(choice.epochs)} epochs, "
+        f"{choice.steps:,} steps"
+    )
+    if choice.expected:
+        reached = ", ".join(
+            f"{kind} {loss:.2f} ({_short(chars)} characters, {_short(budget)} in the budget)"
+            for kind, loss, chars, budget in choice.expected
+        )
+        print(f"expected validation loss: the sweep's nearest texts reached {reached} nats/char;")
+        print("  a text's own entropy sets its level (docs/choosing-a-model.md)")
+    if len(choice.ranking) > 1:
+        best = choice.ranking[0][1]
+        others = ", ".join(f"{size} (+{loss - best:.3f})" for size, loss in choice.ranking[1:4])
+        print(f"next best by the fitted rule: {others}")
+    print("nothing trained (--dry-run)")
+
+
+def _short(count: float) -> str:
+    return f"{count / 1e6:.3g}M" if count >= 1e6 else f"{count / 1e3:.3g}K"
 
 
 def _launch(

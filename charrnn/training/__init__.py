@@ -14,6 +14,7 @@ Nothing here prints or knows about terminals: progress leaves through `on_event`
 """
 
 from .budget import learning_rate, limit_steps
+from .choose import ModelChosen
 from .evaluation import (
     LN2,
     MIN_VAL_STREAM,
@@ -32,6 +33,7 @@ __all__ = [
     "MAX_BAD_STEPS",
     "MIN_VAL_STREAM",
     "Evaluated",
+    "ModelChosen",
     "Notice",
     "RunStarted",
     "StepDone",

@@ -33,6 +33,7 @@ def train(
     init: dict[str, Any] | None = None,
     started: float | None = None,
     world: World | None = None,
+    choice: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train (or, with `resume`, continue) a char-RNN on `corpus`, saving into `run_dir`.
 
@@ -42,7 +43,8 @@ def train(
     `run_dir`. Returns when a limit is reached or `stop` is set; raises TrainingError if
     the loss stays non-finite. `started` (a time.perf_counter() value) is when the
     invocation began, for --time-limit; by default, now. `world`: the processes of a
-    torchrun launch (by default this one alone).
+    torchrun launch (by default this one alone). `choice`: how charrnn chose the model's
+    size, for the checkpoint (sizing.Choice.to_dict()).
     """
     needed = min_train_chars(config.batch_size, config.seq_len)
     if len(corpus.train) < needed:
@@ -51,7 +53,8 @@ def train(
     check_memory(model_config, config, resolve_device(config.device))
     emit = on_event or (lambda event: None)
     stop = stop if stop is not None else StopRequest()
-    run = _assemble(model_config, config, corpus, run_dir, emit, resume, stop, init, world)
+    request = (model_config, config, corpus, run_dir, emit, resume, stop, init, world, choice)
+    run = _assemble(*request)
     try:
         with thread_policy(config.threads, run.parts.device.type == "cpu") as run.pilot:
             return _run(run, started)
@@ -71,13 +74,14 @@ def _assemble(
     stop: StopRequest,
     init: dict[str, Any] | None,
     world: World | None,
+    choice: dict[str, Any] | None = None,
 ) -> Run:
     weights = resume if resume is not None else init  # init: weights only, a new run
     parts = prepare(model_config, config, corpus, world or World(), weights, emit, resume)
     # Where the weights came from: the --init-from checkpoints, oldest first.
     lineage = list((resume or {}).get("lineage") or (init or {}).get("lineage") or [])
     budget = Budget(config, parts.streams.windows_per_epoch)
-    state = RunState(parts, config, corpus, run_dir, budget, lineage)
+    state = RunState(parts, config, corpus, run_dir, budget, lineage, choice)
     evaluator = Evaluator(config, corpus, run_dir, state, budget, stop, emit)
     budget.watch(evaluator)
     if resume is not None:

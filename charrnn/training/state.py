@@ -57,6 +57,7 @@ class RunState:
         run_dir: RunDir,
         budget: Budget,
         lineage: list[dict[str, Any]],
+        choice: dict[str, Any] | None = None,
     ):
         self.parts = parts
         self.config = config
@@ -64,6 +65,7 @@ class RunState:
         self.run_dir = run_dir
         self.budget = budget  # its plan is saved: a resumed run keeps the same schedule
         self.lineage = lineage  # the --init-from checkpoints the weights came from
+        self.choice = choice  # how charrnn chose the model's size (sizing.Choice.to_dict)
         self.progress = Progress()
         # What rank 0 saves: every process's rows of the hidden state and RNG states.
         self.collected: tuple[list[torch.Tensor] | None, list[dict[str, Any]]] | None = None
@@ -86,6 +88,7 @@ class RunState:
         dtype = parts.model.head.weight.dtype  # float32: bf16 states of old checkpoints widen
         p.hidden = self._my_rows(hidden_from_list(ckpt.get("hidden"), parts.device, dtype))
         p.history = list(ckpt.get("history") or [])
+        self.choice = ckpt.get("model_choice")  # a resumed run keeps its model and the why
         p.best_val = ckpt.get("best_val_loss")
         if p.history:
             p.last_val = p.history[-1].get("val_loss")
@@ -164,6 +167,7 @@ class RunState:
             "best_val_loss": p.best_val,
             "history": list(p.history),
             "lineage": list(self.lineage),
+            "model_choice": self.choice,
             "corpus": {
                 **self.corpus.record(),
                 "first_char": self.corpus.vocab.chars[int(self.corpus.train[0])],

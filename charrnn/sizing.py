@@ -1,0 +1,229 @@
+"""Choosing the model for a corpus and a budget, when the user names no size.
+
+The rule is fitted to a sweep on a 2-core CPU (bench/sweep.py, docs/choosing-a-model.md):
+held-out loss of LSTMs from 64 x 1 to 512 x 2 on prose and code of 150 KB to 10 MB, for
+budgets of 90 s to 5 minutes. Two fitted laws, both plain arithmetic:
+
+- what a character costs: seconds per character = layers x OVERHEAD + PER_PARAM x P,
+  P the recurrent weights (sum over layers of 4H(in + H)). It is scaled to this device
+  by timing the default size for a few steps before the run (charrnn/training/probe.py);
+- what a model reaches: loss = E + A / P^ALPHA + B / D_eff^BETA, where D is the characters
+  trained on and D_eff = N R (1 - exp(-D / (N R))) discounts repeated epochs of a text of
+  N characters (the data-constrained form of Muennighoff et al., 2023). E, the text's own
+  entropy, does not change which size wins, so the choice needs no guess of it.
+
+With a time budget every size gets the characters it trains in that time, and the lowest
+predicted loss wins (among sizes with at most MAX_PARAMS_PER_CHAR weights per character).
+With only --epochs/--max-steps (or neither: DEFAULT_EPOCHS) the characters are fixed and
+the time is not: by the law a larger model always learns more from them, but it would
+make the run take longer than the user expects, so the default size stays and only
+dropout is chosen. Dropout follows the epochs the budget buys (DROPOUT_BY_EPOCHS).
+Library code: no printing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+# Candidate sizes (hidden units, layers), cheapest first. Those above 512 x 2 were not
+# swept: their cost and loss come from the fitted laws (extrapolated).
+SIZES = (
+    (64, 1), (128, 1), (128, 2), (256, 1), (256, 2), (384, 2),
+    (512, 1), (512, 2), (768, 2), (1024, 2),
+)  # fmt: skip
+DEFAULT_SIZE = (256, 2)  # ModelConfig's defaults: the size timed on this device
+EMBEDDING = 128  # the first layer's input width (ModelConfig.embedding_size)
+
+# Cost law, fitted to bench/sweep.py speeds (seconds per character on the sweep's CPU).
+OVERHEAD = 3.52e-6  # per layer: the step's per-layer work that does not grow with width
+PER_PARAM = 5.10e-11  # per recurrent weight
+
+# Loss law, fitted by `bench/sweep.py fit` (nats/char; P and D counted in millions).
+A, ALPHA = 0.0479, 0.548
+B, BETA = 0.211, 1.00
+R = 1.36  # epochs of a text at which repeating it has given 1 - 1/e of its worth
+# What the sweep reached: (kind of text, training characters, characters the default size
+# trains in the budget, the best validation loss of the best size). `--dry-run` quotes the
+# nearest point of each kind as the loss to expect (`bench/sweep.py fit` prints these rows).
+SWEPT = (
+    ("prose", 135_000, 1_807_000, 1.5073),
+    ("code", 135_000, 1_807_000, 1.0423),
+    ("code", 9_001_260, 4_820_000, 1.3583),
+)
+
+# (epochs in the budget, dropout): below 1 epoch nothing repeats, nothing to over-fit.
+DROPOUT_BY_EPOCHS = ((1.0, 0.0), (6.0, 0.1), (math.inf, 0.2))
+# No size with more recurrent weights than this per training character: the law does not
+# see over-fitting, and at 150 KB the best size had 9.7 (512 x 1) while 512 x 2 (25) lost.
+MAX_PARAMS_PER_CHAR = 10.0
+# Fewer steps than this teach no model more than the characters' frequencies.
+MIN_STEPS = 200
+
+
+def recurrent_params(hidden: int, layers: int) -> int:
+    """P: the LSTM's input-to-hidden and hidden-to-hidden weights, all layers."""
+    return sum(4 * hidden * ((EMBEDDING if i == 0 else hidden) + hidden) for i in range(layers))
+
+
+def seconds_per_char(hidden: int, layers: int) -> float:
+    """The cost law's seconds per training character on the sweep's CPU."""
+    return layers * OVERHEAD + PER_PARAM * recurrent_params(hidden, layers)
+
+
+def predicted_loss(hidden: int, layers: int, chars: float, train_chars: int) -> float:
+    """The loss law without E: what the size adds above the text's own entropy."""
+    p = recurrent_params(hidden, layers) / 1e6
+    pool = train_chars * R
+    effective = pool * -math.expm1(-chars / pool) / 1e6
+    return A / p**ALPHA + B / max(effective, 1e-9) ** BETA
+
+
+def dropout_for(epochs: float) -> float:
+    return next(d for bound, d in DROPOUT_BY_EPOCHS if epochs <= bound)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a run may spend: seconds left after the timing (None: no time limit) and
+    characters (None: no step or epoch limit). One of them is set."""
+
+    seconds: float | None
+    chars: float | None
+    label: str  # as the user gave it, for the start line: "5m", "10 epochs", "3000 steps"
+    spent: float = 0.0  # seconds of the time limit gone before the choice (reading, timing)
+
+
+@dataclass(frozen=True)
+class Choice:
+    hidden_size: int
+    num_layers: int
+    dropout: float | None  # None: the user's --dropout stands
+    chars_per_sec: float  # expected for the chosen size on this device
+    chars: float  # characters it trains on within the budget
+    epochs: float
+    steps: int
+    predicted: float  # the loss law's excess over E, for the expected range
+    reason: str  # the start line's parenthesis
+    ranking: tuple[tuple[str, float], ...]  # (size, predicted excess), best first
+    cell: str = "lstm"  # the recurrent cell (--model): the rule was fitted to LSTMs
+    # (kind, loss, its training characters, its budget in the default's characters): the
+    # sweep's nearest result for each kind of text, the loss to expect from a text like it
+    expected: tuple[tuple[str, float, int, int], ...] = ()
+
+    def model_options(self) -> dict:
+        """The ModelConfig fields the choice sets."""
+        chosen = {"hidden_size": self.hidden_size, "num_layers": self.num_layers}
+        return chosen if self.dropout is None else {**chosen, "dropout": self.dropout}
+
+    def to_dict(self) -> dict:
+        return {
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "dropout": self.dropout,
+            "chars_per_sec": round(self.chars_per_sec, 1),
+            "epochs": round(self.epochs, 3),
+            "steps": self.steps,
+            "reason": self.reason,
+            "cell": self.cell,
+        }
+
+
+def choose(
+    train_chars: int,
+    budget: Budget,
+    speeds: dict[tuple[int, int], float],
+    chars_per_step: int,
+    dropout_given: bool,
+    where: str,
+    named: tuple[int, int] | None = None,
+) -> Choice:
+    """The size (and dropout) for `train_chars` of text within `budget`. `speeds`:
+    characters per second of each candidate on this device. UsageError when the budget
+    cannot train even the fastest size for MIN_STEPS steps. With `named` (the user's size,
+    its speed in `speeds`), only what it will do: nothing is chosen."""
+    if named is not None:
+        size = named
+    elif budget.seconds is not None:
+        _check_enough(budget, speeds, chars_per_step)
+        size = _by_time(budget, speeds, train_chars)
+    else:  # the characters are fixed, the time is not: keep the default's time
+        size = DEFAULT_SIZE if DEFAULT_SIZE in speeds else max(speeds, key=speeds.get)
+    chars = _chars(size, budget, speeds)
+    epochs = chars / train_chars
+    ranking = sorted(
+        (predicted_loss(*s, _chars(s, budget, speeds), train_chars), s) for s in speeds
+    )
+    return Choice(
+        hidden_size=size[0],
+        num_layers=size[1],
+        dropout=None if dropout_given or named else dropout_for(epochs),
+        chars_per_sec=speeds[size],
+        chars=chars,
+        epochs=epochs,
+        steps=int(chars // chars_per_step),
+        predicted=predicted_loss(*size, chars, train_chars),
+        reason=_reason(named, budget, train_chars, where),
+        ranking=tuple((f"{n} x {h}", loss) for loss, (h, n) in ranking),
+        expected=nearest_swept(train_chars, _chars(DEFAULT_SIZE, budget, speeds))
+        if DEFAULT_SIZE in speeds
+        else (),
+    )
+
+
+def nearest_swept(train_chars: int, default_chars: float) -> tuple:
+    """For each kind of text swept, the result nearest (in log corpus size and log budget)
+    to this run: what a text like it reached with a corpus and budget like this one's. A
+    text's own entropy sets its level, which no rule can know before training on it."""
+    found = []
+    for kind in sorted({row[0] for row in SWEPT}):
+        rows = [row for row in SWEPT if row[0] == kind]
+        near = min(rows, key=lambda row: math.hypot(math.log(row[1] / train_chars),
+                                                    math.log(row[2] / default_chars)))  # fmt: skip
+        found.append((kind, near[3], near[1], near[2]))
+    return tuple(found)
+
+
+def _reason(named: tuple | None, budget: Budget, train_chars: int, where: str) -> str:
+    what = f"{_size_text(train_chars)} and {budget.label} on {where}"
+    if named:
+        return f"named; {what}"
+    if budget.seconds is None:
+        return f"the default size, dropout for {what}; a --time-limit lets charrnn size it"
+    return f"chosen for {what}"
+
+
+def _chars(size: tuple[int, int], budget: Budget, speeds: dict) -> float:
+    by_time = math.inf if budget.seconds is None else budget.seconds * speeds[size]
+    return min(by_time, math.inf if budget.chars is None else budget.chars)
+
+
+def _by_time(budget: Budget, speeds: dict, train_chars: int) -> tuple[int, int]:
+    allowed = [s for s in speeds if recurrent_params(*s) <= MAX_PARAMS_PER_CHAR * train_chars]
+    allowed = allowed or [min(speeds, key=lambda s: recurrent_params(*s))]
+    return min(allowed, key=lambda s: predicted_loss(*s, _chars(s, budget, speeds), train_chars))
+
+
+def _check_enough(budget: Budget, speeds: dict, chars_per_step: int) -> None:
+    """A time limit that leaves the fastest size fewer than MIN_STEPS is refused: no size
+    could learn in it. (Steps and epochs are the user's to count: any number is trained.)"""
+    fastest = max(speeds.values())
+    need = MIN_STEPS * chars_per_step
+    if budget.seconds is not None and budget.seconds * fastest < need:
+        # what went before the choice, the steps, and as much again for validation and saves
+        enough = math.ceil(budget.spent + 2 * need / fastest + 5)
+        raise UsageError(
+            f"--time-limit {budget.label} leaves too little time to train any model here "
+            f"(reading the text and timing this device took {budget.spent:.0f}s; "
+            f"{MIN_STEPS} steps of the smallest size take {need / fastest:.0f}s more): give "
+            f"at least --time-limit {enough}s, or name the size with --hidden-size/--num-layers"
+        )
+
+
+def _size_text(chars: int) -> str:
+    for unit, scale in (("M", 1e6), ("K", 1e3)):
+        if chars >= scale:
+            return f"{chars / scale:.3g}{unit} characters"
+    return f"{chars} characters"
