@@ -294,7 +294,8 @@ def _fit_cost(speed: dict[str, float]) -> None:
     from charrnn import sizing
 
     sizes = [tuple(map(int, z.split("x"))) for z in speed]
-    x = np.array([[n, sizing.recurrent_params(h, n)] for h, n in sizes], dtype=float)
+    weights = [sizing.recurrent_params(h, n) + h * sizing.SWEPT_VOCAB for h, n in sizes]
+    x = np.array([[n, w] for (h, n), w in zip(sizes, weights, strict=True)], dtype=float)
     y = np.array([1 / speed[f"{h}x{n}"] for h, n in sizes])
     w = 1 / y  # relative error: the small sizes' costs matter as much as the large ones'
     (overhead, per_param), *_ = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)

@@ -37,14 +37,16 @@ SIZES = (
 DEFAULT_SIZE = (256, 2)  # ModelConfig's defaults: the size timed on this device
 EMBEDDING = 128  # the first layer's input width (ModelConfig.embedding_size)
 
-# Cost law, fitted to bench/sweep.py speeds (seconds per character on the sweep's CPU).
-OVERHEAD = 3.52e-6  # per layer: the step's per-layer work that does not grow with width
-PER_PARAM = 5.10e-11  # per recurrent weight
+# Cost law, fitted to bench/sweep.py speeds (seconds per character on the sweep's CPU,
+# Tiny Shakespeare's 65 distinct characters).
+SWEPT_VOCAB = 65
+OVERHEAD = 3.33e-6  # per layer: the step's per-layer work that does not grow with width
+PER_PARAM = 5.02e-11  # per weight
 
 # Loss law, fitted by `bench/sweep.py fit` (nats/char; P and D counted in millions).
-A, ALPHA = 0.0479, 0.548
-B, BETA = 0.211, 1.00
-R = 1.36  # epochs of a text at which repeating it has given 1 - 1/e of its worth
+A, ALPHA = 0.0476, 0.549
+B, BETA = 0.211, 1.016
+R = 1.33  # epochs of a text at which repeating it has given 1 - 1/e of its worth
 # What the sweep reached: (kind of text, training characters, characters the default size
 # trains in the budget, the best validation loss of the best size). `--dry-run` quotes the
 # nearest point of each kind as the loss to expect (`bench/sweep.py fit` prints these rows).
@@ -54,8 +56,9 @@ SWEPT = (
     ("code", 9_001_260, 4_820_000, 1.3583),
 )
 
-# (epochs in the budget, dropout): below 1 epoch nothing repeats, nothing to over-fit.
-DROPOUT_BY_EPOCHS = ((1.0, 0.0), (6.0, 0.1), (math.inf, 0.2))
+# (epochs in the budget, dropout): 0.1 beat 0.2 at about 3 epochs, 0.2 beat 0.1 at 10 and
+# 0.35 at 8 to 12; under one epoch no dropout won once and lost once (docs/choosing-a-model.md).
+DROPOUT_BY_EPOCHS = ((6.0, 0.1), (math.inf, 0.2))
 # No size with more recurrent weights than this per training character: the law does not
 # see over-fitting, and at 150 KB the best size had 9.7 (512 x 1) while 512 x 2 (25) lost.
 MAX_PARAMS_PER_CHAR = 10.0
@@ -68,9 +71,10 @@ def recurrent_params(hidden: int, layers: int) -> int:
     return sum(4 * hidden * ((EMBEDDING if i == 0 else hidden) + hidden) for i in range(layers))
 
 
-def seconds_per_char(hidden: int, layers: int) -> float:
-    """The cost law's seconds per training character on the sweep's CPU."""
-    return layers * OVERHEAD + PER_PARAM * recurrent_params(hidden, layers)
+def seconds_per_char(hidden: int, layers: int, vocab: int = SWEPT_VOCAB) -> float:
+    """The cost law's seconds per training character on the sweep's CPU: the recurrent
+    weights and the output layer's (hidden x vocab), each used once per character."""
+    return layers * OVERHEAD + PER_PARAM * (recurrent_params(hidden, layers) + hidden * vocab)
 
 
 def predicted_loss(hidden: int, layers: int, chars: float, train_chars: int) -> float:

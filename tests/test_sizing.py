@@ -48,9 +48,9 @@ def test_the_choice_is_the_lowest_predicted_loss_among_the_candidates():
 
 
 def test_dropout_follows_the_epochs_the_budget_buys():
-    # Under one epoch nothing repeats: no dropout. Many epochs of a small text: the most.
+    # A few epochs: the least. Many epochs of a small text: the most.
     big = choose(50_000_000, seconds=120)
-    assert big.epochs < 1 and big.dropout == 0.0
+    assert big.epochs < 1 and big.dropout == min(d for _, d in sizing.DROPOUT_BY_EPOCHS)
     small = choose(100_000, seconds=600)
     assert small.epochs > 10 and small.dropout == max(d for _, d in sizing.DROPOUT_BY_EPOCHS)
     # a --dropout the user gave stands: the choice sets none
@@ -154,6 +154,10 @@ def test_dry_run_says_what_it_would_train_and_trains_nothing(corpus, tmp_path):
     assert "code " in lines[3] and "prose " in lines[3]
     assert lines[-1] == "nothing trained (--dry-run)"
     assert not out.exists()
+    # no limit at all: 10 epochs, the default size, dropout for them, and how to let it size
+    unlimited = run_cli("train", str(corpus), "--dry-run").stdout.splitlines()[0]
+    assert unlimited.startswith("model: 2 x 256 LSTM, dropout 0.2 (the default size, dropout for")
+    assert "54K characters and 10 epochs" in unlimited and "a --time-limit lets" in unlimited
     named = run_cli("train", str(corpus), "--hidden-size", "64", "--num-layers", "1", "--dry-run")
     assert named.returncode == 0 and named.stdout.startswith("model: 1 x 64 LSTM (named; 54K")
     refused = run_cli("train", str(corpus), "--out", str(out), "--resume", "--dry-run")
@@ -230,6 +234,7 @@ def test_off_a_cpu_every_size_is_timed_and_on_a_cpu_the_cost_law_scales_one_timi
     assert timed[sizing.SIZES[0]] > timed[sizing.SIZES[-1]]
     scaled = speeds(model, config, ids, device, "fp32")
     ratio = scaled[sizing.SIZES[0]] / scaled[sizing.DEFAULT_SIZE]
-    law = sizing.seconds_per_char(*sizing.DEFAULT_SIZE) / sizing.seconds_per_char(*sizing.SIZES[0])
+    cost = sizing.seconds_per_char
+    law = cost(*sizing.DEFAULT_SIZE, 20) / cost(*sizing.SIZES[0], 20)  # at this vocabulary
     assert ratio == pytest.approx(law)
     assert torch.get_num_threads() == threads  # the probe tried 1 and all, then put it back

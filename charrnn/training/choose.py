@@ -132,8 +132,9 @@ def speeds(
         timed = {s: _time(model_config, config, ids, device, precision, s) for s in sizing.SIZES}
         return timed
     measured = _cpu_time(model_config, config, ids, device, precision)
-    scale = measured * sizing.seconds_per_char(*sizing.DEFAULT_SIZE)
-    return {size: scale / sizing.seconds_per_char(*size) for size in sizing.SIZES}
+    v = model_config.vocab_size
+    scale = measured * sizing.seconds_per_char(*sizing.DEFAULT_SIZE, v)
+    return {size: scale / sizing.seconds_per_char(*size, v) for size in sizing.SIZES}
 
 
 def _cpu_time(
