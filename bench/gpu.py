@@ -268,6 +268,17 @@ def section_train(report: Report, ctx: dict, guard: float) -> None:
     res["sample"] = "\n".join(sample["lines"])
 
 
+def section_choice(report: Report, ctx: dict, guard: float) -> None:
+    """What charrnn would choose for Tiny Shakespeare and 5 minutes on this GPU, with every
+    candidate size timed there (`train --dry-run`): the rule's GPU data point."""
+    res = report.section("choice")
+    argv = [PY, "-m", "charrnn", "train", CORPUS, "--time-limit", "5m", "--dry-run",
+            "--device", ctx["device"], *ctx["precision"]]  # fmt: skip
+    r = run_cmd(report, argv, min(guard, 60.0), ctx["env"])
+    res.update(command=" ".join(argv), rc=r["rc"], seconds=r["seconds"], timed_out=r["timed_out"])
+    res["plan"] = [line for line in r["lines"] if line.startswith(("model:", "speed:", "budget:"))]
+
+
 def section_torchrun(report: Report, ctx: dict, guard: float) -> None:
     dry = ctx["dry_run"]
     res = report.section("torchrun")
@@ -312,6 +323,7 @@ SECTIONS = [
     ("vocab", section_vocab, 80, 30),
     ("train", section_train, None, 90),  # None: --train-time + 40 s
     ("torchrun", section_torchrun, 180, 60),
+    ("choice", section_choice, 60, 20),
 ]
 
 

@@ -13,7 +13,7 @@ budgets of 90 s to 5 minutes. Two fitted laws, both plain arithmetic:
   entropy, does not change which size wins, so the choice needs no guess of it.
 
 With a time budget every size gets the characters it trains in that time, and the lowest
-predicted loss wins (among sizes with at most MAX_PARAMS_PER_CHAR weights per character).
+predicted loss wins (among sizes the budget gives at least MIN_CHOSEN_STEPS steps).
 With only --epochs/--max-steps (or neither: DEFAULT_EPOCHS) the characters are fixed and
 the time is not: by the law a larger model always learns more from them, but it would
 make the run take longer than the user expects, so the default size stays and only
@@ -44,24 +44,27 @@ OVERHEAD = 3.33e-6  # per layer: the step's per-layer work that does not grow wi
 PER_PARAM = 5.02e-11  # per weight
 
 # Loss law, fitted by `bench/sweep.py fit` (nats/char; P and D counted in millions).
-A, ALPHA = 0.0476, 0.549
-B, BETA = 0.211, 1.016
-R = 1.33  # epochs of a text at which repeating it has given 1 - 1/e of its worth
+A, ALPHA = 0.0477, 0.549
+B, BETA = 0.211, 1.013
+R = 1.34  # epochs of a text at which repeating it has given 1 - 1/e of its worth
 # What the sweep reached: (kind of text, training characters, characters the default size
 # trains in the budget, the best validation loss of the best size). `--dry-run` quotes the
 # nearest point of each kind as the loss to expect (`bench/sweep.py fit` prints these rows).
 SWEPT = (
+    ("prose", 18_000, 1_205_000, 1.8139),
     ("prose", 135_000, 1_807_000, 1.5073),
     ("code", 135_000, 1_807_000, 1.0423),
+    ("prose", 900_000, 6_025_000, 1.4119),
     ("code", 9_001_260, 4_820_000, 1.3583),
 )
 
 # (epochs in the budget, dropout): 0.1 beat 0.2 at about 3 epochs, 0.2 beat 0.1 at 10 and
 # 0.35 at 8 to 12; under one epoch no dropout won once and lost once (docs/choosing-a-model.md).
 DROPOUT_BY_EPOCHS = ((6.0, 0.1), (math.inf, 0.2))
-# No size with more recurrent weights than this per training character: the law does not
-# see over-fitting, and at 150 KB the best size had 9.7 (512 x 1) while 512 x 2 (25) lost.
-MAX_PARAMS_PER_CHAR = 10.0
+# A size is chosen only if the budget gives it this many steps: the law counts characters,
+# and on a small text it counts them used up long before a large model has had the updates
+# it needs (in the sweep sizes given 338 to 508 steps lost; 534 and more could win).
+MIN_CHOSEN_STEPS = 500
 # Fewer steps than this teach no model more than the characters' frequencies.
 MIN_STEPS = 200
 
@@ -152,7 +155,7 @@ def choose(
         size = named
     elif budget.seconds is not None:
         _check_enough(budget, speeds, chars_per_step)
-        size = _by_time(budget, speeds, train_chars)
+        size = _by_time(budget, speeds, train_chars, chars_per_step)
     else:  # the characters are fixed, the time is not: keep the default's time
         size = DEFAULT_SIZE if DEFAULT_SIZE in speeds else max(speeds, key=speeds.get)
     chars = _chars(size, budget, speeds)
@@ -204,10 +207,13 @@ def _chars(size: tuple[int, int], budget: Budget, speeds: dict) -> float:
     return min(by_time, math.inf if budget.chars is None else budget.chars)
 
 
-def _by_time(budget: Budget, speeds: dict, train_chars: int) -> tuple[int, int]:
-    allowed = [s for s in speeds if recurrent_params(*s) <= MAX_PARAMS_PER_CHAR * train_chars]
-    allowed = allowed or [min(speeds, key=lambda s: recurrent_params(*s))]
-    return min(allowed, key=lambda s: predicted_loss(*s, _chars(s, budget, speeds), train_chars))
+def _by_time(budget: Budget, speeds: dict, train_chars: int, per_step: int) -> tuple[int, int]:
+    def chars(size: tuple[int, int]) -> float:
+        return _chars(size, budget, speeds)
+
+    allowed = [s for s in speeds if chars(s) >= MIN_CHOSEN_STEPS * per_step]
+    allowed = allowed or [max(speeds, key=speeds.get)]  # the fastest, if none gets enough
+    return min(allowed, key=lambda s: predicted_loss(*s, chars(s), train_chars))
 
 
 def _check_enough(budget: Budget, speeds: dict, chars_per_step: int) -> None:

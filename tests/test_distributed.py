@@ -383,3 +383,20 @@ def test_each_process_takes_its_own_gpu(monkeypatch):
     crowded = World(rank=2, size=3, local_rank=2, local_size=3, launched=True)
     with pytest.raises(UsageError, match="only 2 GPU"):
         crowded.device(cuda, "cuda")
+
+
+def test_under_torchrun_rank_0_chooses_the_model_and_every_process_trains_it(corpus, tmp_path):
+    """No size named: rank 0 times the device and chooses, the choice reaches the other
+    process (different models would fail DDP's first all-reduce), one start line says it."""
+    out = str(tmp_path / "run")
+    proc = torchrun(
+        "--standalone", "--nproc-per-node", "2", "-m", "charrnn", "train", corpus, "--out",
+        out, *RUN, "--time-limit", "60s", "--max-steps", "12",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in proc.stderr.splitlines() if line.startswith("model: ")]
+    assert len(said) == 1 and "and 1m or 12 steps on 2 processes" in said[0], proc.stderr
+    ckpt = load_checkpoint(os.path.join(out, "last.pt"))
+    layers, width = ckpt["model_choice"]["num_layers"], ckpt["model_choice"]["hidden_size"]
+    assert said[0].startswith(f"model: {layers} x {width} LSTM")
+    assert ckpt["model_config"]["hidden_size"] == width and ckpt["step"] == 12
