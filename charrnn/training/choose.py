@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +25,10 @@ from ..loss import cross_entropy
 from ..memory import check_memory
 from ..model import CharRNN, detach_hidden
 from ..threads import user_threads
+from .prepare import fused_adam
 
 WARMUP_STEPS = 2  # the first steps allocate and pick kernels: not timed
-TIMED_STEPS = 4
+TIMED_STEPS = 5
 
 
 @dataclass
@@ -149,7 +151,8 @@ def _cpu_time(
     busy machine one thread can be several times faster."""
     before = torch.get_num_threads()
     fixed = config.threads or user_threads()
-    counts = [fixed] if fixed else sorted({1, before})
+    # all threads first: switching the pool to more threads costs its first steps
+    counts = [fixed] if fixed else sorted({1, before}, reverse=True)
     try:
         found = []
         for count in counts:
@@ -172,16 +175,15 @@ def _time(
     cfg = dataclasses.replace(model_config, hidden_size=hidden, num_layers=layers)
     with torch.random.fork_rng(devices=[]):  # the run's own seeding is left untouched
         model = CharRNN(cfg).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **fused_adam(device))
     b, t = config.batch_size, config.seq_len
     need = b * t + 1
     window = ids[:need].long().repeat(need // max(1, len(ids)) + 1)[:need].to(device)
     x, y = window[:-1].view(b, t), window[1:].view(b, t)  # (B, T) inputs and targets
-    state = None
-    for step in range(WARMUP_STEPS + TIMED_STEPS):
-        if step == WARMUP_STEPS:
-            _sync(device)
-            began = time.perf_counter()
+    state, took = None, []
+    for _ in range(WARMUP_STEPS + TIMED_STEPS):
+        _sync(device)
+        began = time.perf_counter()
         with autocast(device, precision):
             logits, state = model(x, state)  # (B, T, V)
         loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
@@ -189,8 +191,10 @@ def _time(
         loss.backward()
         optimizer.step()
         state = detach_hidden(state, model.head.weight.dtype)
-    _sync(device)
-    return TIMED_STEPS * b * t / (time.perf_counter() - began)
+        _sync(device)
+        took.append(time.perf_counter() - began)
+    # the median step: one slowed by another program's burst does not set the speed
+    return b * t / statistics.median(took[WARMUP_STEPS:])
 
 
 def _sync(device: torch.device) -> None:

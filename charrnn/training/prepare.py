@@ -63,7 +63,7 @@ def prepare(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr, **_fused(device))
+    optimizer = torch.optim.Adam(params, lr=config.lr, **fused_adam(device))
 
     # --batch-size counts the streams of all processes: this one takes its rows.
     # Only this process's part of the text goes to its device.
@@ -98,7 +98,7 @@ def rank_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank * 7919 + step) % 2**63
 
 
-def _fused(device: torch.device) -> dict[str, Any]:
+def fused_adam(device: torch.device) -> dict[str, Any]:
     # The fused Adam kernel does the update in one launch per step on CUDA, and on the CPU
     # in one pass over each tensor instead of about ten (a V = 6,000 model has 2.3 M
     # parameters in its embedding and output layer).
