@@ -27,7 +27,7 @@ _FROM_API = {
 
 def __getattr__(name: str):
     if name == "plan":
-        from .plan import python_plan
+        from .planning import python_plan
 
         return python_plan
     if name in _FROM_API:

@@ -53,7 +53,7 @@ def test_training_with_it_follows_the_f_cross_entropy_run(tmp_path, monkeypatch)
     text = shakespeare_head(6000)
     a, _ = tiny_run(text, str(tmp_path / "a"), max_steps=30, eval_every=30)
     monkeypatch.setattr(loop, "cross_entropy", lambda y, t: F.cross_entropy(y.float(), t))
-    monkeypatch.setattr(prepare, "_fused", lambda device: {})
+    monkeypatch.setattr(prepare, "fused_adam", lambda device: {})
     b, _ = tiny_run(text, str(tmp_path / "b"), max_steps=30, eval_every=30)
     assert a.last_val_loss == pytest.approx(b.last_val_loss, abs=1e-4)
     wa = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model_state"]

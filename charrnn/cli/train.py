@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import typer
 from rich.markup import escape
 
-from .. import api, plan
+from .. import api, planning
 from ..cachedir import CACHE_ENV
 from ..config import (
     DEFAULT_EPOCHS,
@@ -202,7 +202,7 @@ def _dry_run(
         )
     reporter = Reporter(quiet=False)  # the corpus line, on stderr as in a run
     err.print("reading the text, then timing a few training steps here...")
-    choice = plan.plan(corpus_paths, encoding, cache_dir, reporter, given)
+    choice = planning.plan(corpus_paths, encoding, cache_dir, reporter, given)
     print(model_line(choice))
     print(f"speed: about {choice.chars_per_sec:,.0f} characters/s here")
     print(
