@@ -301,17 +301,13 @@ def _fit_from(theta, data, y):
 
 def _law(theta, p, d, n, kind):
     """sizing.predicted_loss with E per text kind, in fit parameters (logs where positive)."""
+    import torch
+
     pool = n * (1 + theta[4].exp())  # R >= 1: a first epoch is worth all its characters
-    effective = pool * -torch_expm1(-d / pool)
+    effective = pool * -torch.expm1(-d / pool)
     alpha, beta = theta[1].exp(), theta[3].exp()
     excess = theta[0].exp() * p**-alpha + theta[2].exp() * effective**-beta
     return theta[5:][kind] + excess
-
-
-def torch_expm1(x):
-    import torch
-
-    return torch.expm1(x)
 
 
 def _fit_cost(speed: dict[str, float]) -> None:

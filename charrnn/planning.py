@@ -12,12 +12,11 @@ from typing import Any
 from . import pycall, sizing
 from .api import _open_corpus, _prepare
 from .config import TrainConfig
-from .device import resolve_device, resolve_precision
 from .distributed import World
 from .request import TRAIN_OPTIONS, check_request
 from .sources import resolve as resolve_sources
 from .training import Notice
-from .training.choose import choose_model
+from .training.choose import choose_for_run
 
 
 def python_plan(
@@ -57,6 +56,4 @@ def plan(
     config = TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_OPTIONS})
     prepared = _prepare(world, sources, encoding, cache_dir, emit)
     data = _open_corpus(prepared, sources.name, config, None)
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    return choose_model(given, config, data, device, precision, started, world)
+    return choose_for_run(given, config, data, world, started)

@@ -4,9 +4,10 @@ The rule is fitted to a sweep on a 2-core CPU (bench/sweep.py, docs/choosing-a-m
 held-out loss of LSTMs from 64 x 1 to 512 x 2 on prose and code of 150 KB to 10 MB, for
 budgets of 90 s to 5 minutes. Two fitted laws, both plain arithmetic:
 
-- what a character costs: seconds per character = layers x OVERHEAD + PER_PARAM x P,
-  P the recurrent weights (sum over layers of 4H(in + H)). It is scaled to this device
-  by timing the default size for a few steps before the run (charrnn/training/probe.py);
+- what a character costs: seconds per character = layers x OVERHEAD + PER_PARAM x
+  (P + H V), P the recurrent weights (sum over layers of 4H(in + H)), H V the output
+  layer's. It is scaled to this device by timing the default size for a few steps before
+  the run (charrnn/training/choose.py);
 - what a model reaches: loss = E + A / P^ALPHA + B / D_eff^BETA, where D is the characters
   trained on and D_eff = N R (1 - exp(-D / (N R))) discounts repeated epochs of a text of
   N characters (the data-constrained form of Muennighoff et al., 2023). E, the text's own
@@ -195,7 +196,7 @@ def nearest_swept(train_chars: int, default_chars: float) -> tuple:
 
 
 def _reason(named: tuple | None, budget: Budget, train_chars: int, where: str) -> str:
-    what = f"{_size_text(train_chars)} and {budget.label} on {where}"
+    what = f"{short_count(train_chars)} characters and {budget.label} on {where}"
     if named:
         return f"named; {what}"
     if budget.seconds is None:
@@ -233,8 +234,9 @@ def _check_enough(budget: Budget, speeds: dict, chars_per_step: int) -> None:
         )
 
 
-def _size_text(chars: int) -> str:
+def short_count(count: float) -> str:
+    """1,807,000 -> "1.81M", 135,000 -> "135K": counts in the start line and --dry-run."""
     for unit, scale in (("M", 1e6), ("K", 1e3)):
-        if chars >= scale:
-            return f"{chars / scale:.3g}{unit} characters"
-    return f"{chars} characters"
+        if count >= scale:
+            return f"{count / scale:.3g}{unit}"
+    return f"{count:g}"

@@ -26,6 +26,7 @@ from ..distributed import LAUNCHER_ENV, World, is_reporter
 from ..errors import UsageError
 from ..request import MODEL_OPTIONS, TRAIN_OPTIONS, check_request
 from ..rundir import RunDir
+from ..sizing import short_count
 from ..training import LN2, StopRequest
 from .app import DEVICE_METAVAR, app, complete_device, examples, field_default, option
 from .progress import Reporter, fmt_epochs, fmt_time, model_line
@@ -211,7 +212,8 @@ def _dry_run(
     )
     if choice.expected:
         reached = ", ".join(
-            f"{kind} {loss:.2f} ({_short(chars)} characters, {_short(budget)} in the budget)"
+            f"{kind} {loss:.2f} ({short_count(chars)} characters, {short_count(budget)} in the "
+            "budget)"
             for kind, loss, chars, budget in choice.expected
         )
         print(f"expected validation loss: the sweep's nearest texts reached {reached} nats/char;")
@@ -221,10 +223,6 @@ def _dry_run(
         others = ", ".join(f"{size} (+{loss - best:.3f})" for size, loss in choice.ranking[1:4])
         print(f"next best by the fitted rule: {others}")
     print("nothing trained (--dry-run)")
-
-
-def _short(count: float) -> str:
-    return f"{count / 1e6:.3g}M" if count >= 1e6 else f"{count / 1e3:.3g}K"
 
 
 def _launch(

@@ -24,6 +24,7 @@ from ..distributed import World
 from ..loss import cross_entropy
 from ..memory import check_memory
 from ..model import CharRNN, detach_hidden
+from ..request import MODEL_OPTIONS
 from ..threads import user_threads
 from .prepare import fused_adam
 
@@ -41,7 +42,8 @@ class ModelChosen:
 def choose_for_run(
     given: dict[str, Any], config: TrainConfig, corpus: Corpus, world: World, started: float
 ) -> sizing.Choice:
-    """Rank 0 times this device and chooses; every process trains what it chose."""
+    """Rank 0 times this device and chooses; every process trains what it chose. (Alone,
+    World() makes this choose_model on config's device.)"""
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     request = (given, config, corpus, device, precision, started, world)
@@ -68,7 +70,7 @@ def choose_model(
     limit counts from `started` (time.perf_counter()), so reading the text and this timing
     are paid from it, as they are in the run. With a size named in `given`, nothing is
     chosen: what that size will do (--dry-run)."""
-    model = ModelConfig(**{k: v for k, v in given.items() if k in _MODEL_FIELDS},
+    model = ModelConfig(**{k: v for k, v in given.items() if k in MODEL_OPTIONS},
                         vocab_size=len(corpus.vocab))  # fmt: skip
     check_memory(model, config, device)  # a run too big even at the default size: no timing
     ids = corpus.train[: 4 * config.batch_size * config.seq_len]
@@ -86,9 +88,6 @@ def choose_model(
     choice = sizing.choose(len(corpus.train), budget, found, config.batch_size * config.seq_len,
                            "dropout" in given, where, named)  # fmt: skip
     return dataclasses.replace(choice, cell=model.model)
-
-
-_MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
 
 
 def _budget(config: TrainConfig, train_chars: int, started: float) -> sizing.Budget:
@@ -131,8 +130,7 @@ def speeds(
     the training text) on `device`. `each`: time every size (default: off a CPU only)."""
     each = device.type != "cpu" if each is None else each
     if each:
-        timed = {s: _time(model_config, config, ids, device, precision, s) for s in sizing.SIZES}
-        return timed
+        return {s: _time(model_config, config, ids, device, precision, s) for s in sizing.SIZES}
     measured = _cpu_time(model_config, config, ids, device, precision)
     v = model_config.vocab_size
     scale = measured * sizing.seconds_per_char(*sizing.DEFAULT_SIZE, v)
