@@ -4,15 +4,18 @@ corpus, model size and training steps; and each size's speed on this machine.
     python bench/sweep.py speeds --out sweep/speeds.json        # quiet machine, ~7 minutes
     python bench/sweep.py run --texts ts150k,code150k --steps 300,1000,3000 --jobs 2
     python bench/sweep.py run --texts ts150k --budgets 90,240 --speeds sweep/speeds.json
+    python bench/sweep.py run --texts ts1m --budgets 600 --sizes 1024x1 --jobs 1 --threads 0
     python bench/sweep.py table sweep/runs.jsonl --speeds sweep/speeds.json --budgets 90,300
 
 The learning runs are indexed by steps, not seconds, so they need no quiet machine and
 carry to other hardware: a run of N steps follows the same schedule whether N came from
 `--max-steps` or from a time limit (the learning rate decays over the planned steps
 either way), and each run uses one thread, so `--jobs` runs can share the cores without
-changing their results. What a budget of T seconds buys a size is T x its speed, timed
-apart (`speeds`, with charrnn's own thread choice, as a user's run trains; on a GPU, its
-own timing): `table --budgets` turns each size's loss-by-steps into loss-by-seconds here
+changing their results (`--jobs 1 --threads 0`: one run at a time with charrnn's own
+thread choice, quicker for long budgets; the steps, and so the result, are the same).
+What a budget of T seconds buys a size is T x its speed, timed apart (`speeds`, with
+charrnn's own thread choice, as a user's run trains; on a GPU, its own timing):
+`table --budgets` turns each size's loss-by-steps into loss-by-seconds here
 by interpolating in log steps. Each run validates on its text's last 10%, as `charrnn
 eval` would, and records the best validation loss.
 
@@ -82,7 +85,11 @@ def speeds(args: argparse.Namespace) -> None:
     import charrnn
 
     found = {}
-    for hidden, layers in SIZES:
+    if os.path.exists(args.out):  # a later call times more sizes into the same file
+        with open(args.out) as f:
+            found = json.load(f)["chars_per_sec"]
+    sizes = [tuple(map(int, z.split("x"))) for z in args.sizes.split(",")] if args.sizes else SIZES
+    for hidden, layers in sizes:
         times = []
         with tempfile.TemporaryDirectory() as tmp:
             for steps in (10, 10 + args.steps, 10, 10 + args.steps, 10, 10 + args.steps):
@@ -136,7 +143,7 @@ def run(args: argparse.Namespace) -> None:
     running: list[subprocess.Popen] = []
     for name, size, steps in todo:
         cmd = [sys.executable, __file__, "one", text(name, folder), name, size, str(steps)]
-        running.append(subprocess.Popen([*cmd, args.out, str(args.dropout)]))
+        running.append(subprocess.Popen([*cmd, args.out, str(args.dropout), str(args.threads)]))
         while len(running) >= args.jobs:
             time.sleep(1)
             running = [p for p in running if p.poll() is None]
@@ -144,21 +151,23 @@ def run(args: argparse.Namespace) -> None:
         p.wait()
 
 
-def one(path: str, name: str, size: str, steps: str, out: str, dropout: str) -> None:
+def one(path: str, name: str, size: str, steps: str, out: str, dropout: str, threads: str) -> None:
     import charrnn
 
     hidden, layers = map(int, size.split("x"))
     steps_n = int(steps)
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
-        result = charrnn.train(path, out=tmp, force=True, max_steps=steps_n, threads=1,
+        result = charrnn.train(path, out=tmp, force=True, max_steps=steps_n,
+                               threads=int(threads) or None,
                                eval_every=max(1, steps_n // 4), sample_length=0,
                                hidden_size=hidden, num_layers=layers,
                                dropout=float(dropout))  # fmt: skip
     row = {"text": name, "chars": os.path.getsize(path), "size": size, "steps": steps_n,
            "dropout": float(dropout),
            "best_val": result.best_val_loss, "history": result.history,
-           "seconds_one_thread": round(time.perf_counter() - began, 1)}  # fmt: skip
+           "threads": int(threads) or "chosen",
+           "seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
     with open(out, "a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps({k: v for k, v in row.items() if k != "history"}), flush=True)
@@ -213,8 +222,6 @@ def fit(args: argparse.Namespace) -> None:
     law picks."""
     import torch
 
-    from charrnn import sizing
-
     with open(args.speeds) as f:
         speed = json.load(f)["chars_per_sec"]
     _fit_cost(speed)
@@ -224,25 +231,23 @@ def fit(args: argparse.Namespace) -> None:
     checks = [r for r in rows if r["text"] in args.check.split(",")]
     rows = [r for r in rows if r not in checks]
     kinds = sorted({r["text"] for r in rows})  # E per text: 150 KB of code is not 10 MB of it
-    p = torch.tensor([sizing.recurrent_params(*map(int, r["size"].split("x"))) / 1e6 for r in rows])
-    d = torch.tensor([r["steps"] * 24 * 64 / 1e6 for r in rows], dtype=torch.float64)
-    n = torch.tensor([r["chars"] * 0.9 / 1e6 for r in rows], dtype=torch.float64)
-    kind = torch.tensor([kinds.index(r["text"]) for r in rows])
+    data = _law_inputs(rows, kinds)
     y = torch.tensor([r["best_val"] for r in rows], dtype=torch.float64)
-    p = p.double()
     best = None
-    for start in itertools.product((-3.0, -1.0), (-1.0,), (-2.0, 0.0), (-1.0,), (0.0, 3.0)):
+    starts = itertools.product((-3.0, -1.0), (-1.0,), (-2.0, 0.0), (-1.0,), (0.0, 3.0), (-2.0, 2.0))
+    for start in starts:
         theta = torch.tensor([*start, *[1.0] * len(kinds)], dtype=torch.float64)
-        loss, theta = _fit_from(theta, (p, d, n, kind), y)
+        loss, theta = _fit_from(theta, data, y)
         if math.isfinite(loss) and (best is None or loss < best[0]):
             best = (loss, theta)
     mse, theta = best
     a, alpha, b, beta = theta[0].exp(), theta[1].exp(), theta[2].exp(), theta[3].exp()
-    r = 1 + theta[4].exp()
+    r, upper = 1 + theta[4].exp(), theta[5].sigmoid()
     print(f"A, ALPHA = {a:.4g}, {alpha:.4g}\nB, BETA = {b:.4g}, {beta:.4g}\nR = {r:.4g}")
-    print("E: " + ", ".join(f"{k} {theta[5 + i]:.4f}" for i, k in enumerate(kinds)))
+    print(f"UPPER = {upper:.3g}")
+    print("E: " + ", ".join(f"{k} {theta[6 + i]:.4f}" for i, k in enumerate(kinds)))
     print(f"rms error {mse**0.5:.4f} nats/char over {len(rows)} runs")
-    guess = _law(theta, p, d, n, kind)
+    guess = _law(theta, *data)
     for i, row in enumerate(rows):
         row["guess"] = guess[i].item()
     _rule_check(rows + checks, speed)
@@ -259,6 +264,31 @@ def fit(args: argparse.Namespace) -> None:
                           for r in same))  # fmt: skip
 
 
+def _size(row: dict) -> tuple[int, int]:
+    hidden, layers = map(int, row["size"].split("x"))
+    return hidden, layers
+
+
+def _law_inputs(rows: list[dict], kinds: list[str]) -> tuple:
+    """The loss law's inputs for rows, float64 (P and D in millions): the first layer's
+    recurrent weights and the layers' above, characters trained on, the text's training
+    characters, and which text (E)."""
+    import torch
+
+    from charrnn import sizing
+
+    def column(values: list[float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float64)
+
+    first = [sizing.recurrent_params(_size(r)[0], 1) for r in rows]
+    total = [sizing.recurrent_params(*_size(r)) for r in rows]
+    return (column([f / 1e6 for f in first]),
+            column([(t - f) / 1e6 for t, f in zip(total, first, strict=True)]),
+            column([r["steps"] * 24 * 64 / 1e6 for r in rows]),
+            column([r["chars"] * 0.9 / 1e6 for r in rows]),
+            torch.tensor([kinds.index(r["text"]) for r in rows], dtype=torch.long))  # fmt: skip
+
+
 def _rule_check(rows: list[dict], speed: dict[str, float]) -> None:
     """charrnn's rule (sizing.choose, with the constants it ships) at each swept text and
     budget, among the sizes swept there, against the size measured best: the regret."""
@@ -268,18 +298,18 @@ def _rule_check(rows: list[dict], speed: dict[str, float]) -> None:
     for r in rows:
         groups.setdefault((r["text"], round(r["steps"] * 1536 / speed[r["size"]])), []).append(r)
     for (name, seconds), same in sorted(groups.items()):
-        if len(same) < 3:
+        sizes = {_size(r): r for r in same if _size(r) in sizing.SIZES}  # the candidates
+        if len(same) < 3 or len(sizes) < 2:
             continue
-        sizes = {tuple(map(int, r["size"].split("x"))): r for r in same}
         speeds = {size: speed[f"{size[0]}x{size[1]}"] for size in sizes}
         budget = sizing.Budget(seconds, None, "")
         choice = sizing.choose(int(same[0]["chars"] * 0.9), budget, speeds, 1536, True, "")
         got = sizes[(choice.hidden_size, choice.num_layers)]["best_val"]
         best = min(r["best_val"] for r in same)
-        fixed = sizes[sizing.DEFAULT_SIZE]["best_val"] if sizing.DEFAULT_SIZE in sizes else None
+        fixed = sizes.get(sizing.DEFAULT_SIZE, {}).get("best_val")
         print(f"rule at {name} {seconds} s: {choice.num_layers} x {choice.hidden_size} "
               f"{got:.4f}, best {best:.4f}, regret {got - best:.4f}; the fixed 2 x 256 "
-              f"{fixed:.4f}")  # fmt: skip
+              f"{'not swept' if fixed is None else f'{fixed:.4f}'}")  # fmt: skip
 
 
 def _fit_from(theta, data, y):
@@ -299,15 +329,17 @@ def _fit_from(theta, data, y):
     return closure().item(), theta.detach()
 
 
-def _law(theta, p, d, n, kind):
-    """sizing.predicted_loss with E per text kind, in fit parameters (logs where positive)."""
+def _law(theta, first, upper, d, n, kind):
+    """sizing.predicted_loss with E per text kind, in fit parameters (logs where positive;
+    the upper layers' worth through a sigmoid, in (0, 1))."""
     import torch
 
+    p = first + theta[5].sigmoid() * upper
     pool = n * (1 + theta[4].exp())  # R >= 1: a first epoch is worth all its characters
     effective = pool * -torch.expm1(-d / pool)
     alpha, beta = theta[1].exp(), theta[3].exp()
     excess = theta[0].exp() * p**-alpha + theta[2].exp() * effective**-beta
-    return theta[5:][kind] + excess
+    return theta[6:][kind] + excess
 
 
 def _fit_cost(speed: dict[str, float]) -> None:
@@ -376,7 +408,7 @@ def plot(args: argparse.Namespace) -> None:
     right.set_yscale("log")
     right.set_xlabel("time budget on this CPU (minutes)")
     right.set_ylabel("recurrent weights of the chosen size (millions)")
-    right.set_title("the rule's choice (swept: 1 to 5 minutes; beyond, extrapolated)")
+    right.set_title("the rule's choice (swept: 1 to 10 minutes; beyond, extrapolated)")
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(args.out)
@@ -395,6 +427,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("speeds")
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--sizes", default="", help="e.g. 1024x1,512x3 (default: the swept sizes)")
     p.add_argument("--out", default="sweep/speeds.json")
     p = sub.add_parser("run")
     p.add_argument("--texts", default="ts150k,code150k")
@@ -404,9 +437,10 @@ def main() -> None:
     p.add_argument("--sizes", default="", help="e.g. 128x1,256x2 (default: all timed)")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="per run; 0: charrnn chooses")
     p.add_argument("--out", default="sweep/runs.jsonl")
     p = sub.add_parser("one")
-    p.add_argument("rest", nargs=6)
+    p.add_argument("rest", nargs=7)
     p = sub.add_parser("fit")
     p.add_argument("path")
     p.add_argument("--check", default="ts20k", help="texts kept out of the fit")

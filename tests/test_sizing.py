@@ -154,8 +154,9 @@ def test_dry_run_says_what_it_would_train_and_trains_nothing(corpus, tmp_path):
     )
     assert lines[1].startswith("speed: about ") and "characters/s" in lines[1]
     assert "epochs" in lines[2] and "steps" in lines[2]
-    assert lines[3].startswith("expected validation loss: the sweep's nearest texts reached")
-    assert "code " in lines[3] and "prose " in lines[3]
+    assert lines[3].startswith("expected validation loss: code ") and "prose " in lines[3]
+    assert "nats/char, what the sweep's nearest texts reached" in lines[3]
+    assert "characters" in lines[4] and "in the budget" in lines[4]
     assert lines[-1] == "nothing trained (--dry-run)"
     assert not out.exists()
     # no limit at all: 10 epochs, the default size, dropout for them, and how to let it size

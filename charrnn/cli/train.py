@@ -211,13 +211,15 @@ def _dry_run(
         f"{choice.steps:,} steps"
     )
     if choice.expected:
-        reached = ", ".join(
-            f"{kind} {loss:.2f} ({short_count(chars)} characters, {short_count(budget)} in the "
-            "budget)"
-            for kind, loss, chars, budget in choice.expected
+        losses = ", ".join(f"{kind} {loss:.2f}" for kind, loss, _, _ in choice.expected)
+        where = "; ".join(
+            f"{kind}: {short_count(chars)} characters, {short_count(budget)} in the budget"
+            for kind, _, chars, budget in choice.expected
         )
-        print(f"expected validation loss: the sweep's nearest texts reached {reached} nats/char;")
-        print("  a text's own entropy sets its level (docs/choosing-a-model.md)")
+        print(
+            f"expected validation loss: {losses} nats/char, what the sweep's nearest texts reached"
+        )
+        print(f"  ({where}); a text's own entropy sets its level: docs/choosing-a-model.md")
     if len(choice.ranking) > 1:
         best = choice.ranking[0][1]
         others = ", ".join(f"{size} (+{loss - best:.3f})" for size, loss in choice.ranking[1:4])
