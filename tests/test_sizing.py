@@ -47,6 +47,17 @@ def test_the_choice_is_the_lowest_predicted_loss_among_the_candidates():
     assert choice.predicted == pytest.approx(losses[0])
 
 
+def test_a_wide_layer_beats_a_stack_of_as_many_weights_trained_as_long():
+    # The sweep: one layer won every column; the law counts weights above the first at UPPER.
+    stack = sizing.recurrent_params(512, 2)
+    wide = min(range(512, 2048), key=lambda h: abs(sizing.recurrent_params(h, 1) - stack))
+    assert abs(sizing.recurrent_params(wide, 1) - stack) / stack < 0.01
+    for chars in (2e6, 2e7):
+        assert sizing.predicted_loss(wide, 1, chars, 900_000) < sizing.predicted_loss(
+            512, 2, chars, 900_000
+        )
+
+
 def test_dropout_follows_the_epochs_the_budget_buys():
     # A few epochs: the least. Many epochs of a small text: the most.
     big = choose(50_000_000, seconds=120)
