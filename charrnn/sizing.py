@@ -32,7 +32,7 @@ from .errors import UsageError
 
 # Candidate sizes (hidden units, layers), cheapest first. 2 x 768 and 2 x 1024 were timed
 # but not trained: their loss comes from the fitted law (extrapolated). Left out: 2 x 384
-# (it never won, and ran 8% slower than the cost law says) and three layers (3 x 256 lost
+# (it never won, and ran 22% slower than the cost law says) and three layers (3 x 256 lost
 # by 0.08 to 1 x 1024 in the same 10 minutes; the law ranks deeper stacks lower still).
 SIZES = (
     (64, 1), (128, 1), (128, 2), (256, 1), (256, 2), (512, 1), (512, 2), (1024, 1), (768, 2),
