@@ -88,7 +88,7 @@ def speeds(args: argparse.Namespace) -> None:
     if os.path.exists(args.out):  # a later call times more sizes into the same file
         with open(args.out) as f:
             found = json.load(f)["chars_per_sec"]
-    sizes = [tuple(map(int, z.split("x"))) for z in args.sizes.split(",")] if args.sizes else SIZES
+    sizes = [_parse(z) for z in args.sizes.split(",")] if args.sizes else SIZES
     for hidden, layers in sizes:
         times = []
         with tempfile.TemporaryDirectory() as tmp:
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> None:
 def one(path: str, name: str, size: str, steps: str, out: str, dropout: str, threads: str) -> None:
     import charrnn
 
-    hidden, layers = map(int, size.split("x"))
+    hidden, layers = _parse(size)
     steps_n = int(steps)
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
@@ -186,7 +186,7 @@ def table(args: argparse.Namespace) -> None:
         print(f"\n{name} ({mine[0]['chars']:,} characters): best validation loss")
         print("| size | " + " | ".join(["steps, best val"] * max_runs(mine)) + " |")
         print("|---|" + "---|" * max_runs(mine))
-        for size in sorted({r["size"] for r in mine}, key=lambda z: tuple(map(int, z.split("x")))):
+        for size in sorted({r["size"] for r in mine}, key=_parse):
             found = sorted((r["steps"], r["best_val"]) for r in mine if r["size"] == size)
             print(f"| {size} | " + " | ".join(f"{s:,}: {v:.4f}" for s, v in found) + " |")
         for budget in map(float, args.budgets.split(",")) if speed else []:
@@ -264,9 +264,14 @@ def fit(args: argparse.Namespace) -> None:
                           for r in same))  # fmt: skip
 
 
-def _size(row: dict) -> tuple[int, int]:
-    hidden, layers = map(int, row["size"].split("x"))
+def _parse(size: str) -> tuple[int, int]:
+    """ "512x2" -> (512, 2): hidden units, layers."""
+    hidden, layers = map(int, size.split("x"))
     return hidden, layers
+
+
+def _size(row: dict) -> tuple[int, int]:
+    return _parse(row["size"])
 
 
 def _law_inputs(rows: list[dict], kinds: list[str]) -> tuple:
@@ -348,7 +353,7 @@ def _fit_cost(speed: dict[str, float]) -> None:
 
     from charrnn import sizing
 
-    sizes = [tuple(map(int, z.split("x"))) for z in speed]
+    sizes = [_parse(z) for z in speed]
     weights = [sizing.recurrent_params(h, n) + h * sizing.SWEPT_VOCAB for h, n in sizes]
     x = np.array([[n, w] for (h, n), w in zip(sizes, weights, strict=True)], dtype=float)
     y = np.array([1 / speed[f"{h}x{n}"] for h, n in sizes])
@@ -381,8 +386,8 @@ def plot(args: argparse.Namespace) -> None:
     for (name, budget), same in sorted(groups.items()):
         if len(same) < 3:
             continue
-        same.sort(key=lambda r: sizing.recurrent_params(*map(int, r["size"].split("x"))))
-        x = [sizing.recurrent_params(*map(int, r["size"].split("x"))) / 1e6 for r in same]
+        same.sort(key=lambda r: sizing.recurrent_params(*_size(r)))
+        x = [sizing.recurrent_params(*_size(r)) / 1e6 for r in same]
         e = statistics.median(r["best_val"] - _excess(r) for r in same)
         kept_out = " (a check, not fitted)" if name == "ts20k" else ""
         (line,) = left.plot(
@@ -418,7 +423,7 @@ def plot(args: argparse.Namespace) -> None:
 def _excess(row: dict) -> float:
     from charrnn import sizing
 
-    hidden, layers = map(int, row["size"].split("x"))
+    hidden, layers = _size(row)
     return sizing.predicted_loss(hidden, layers, row["steps"] * 24 * 64, int(row["chars"] * 0.9))
 
 
