@@ -45,7 +45,7 @@ def _bad(flag: str, message: str) -> UsageError:
     return UsageError(message, _field(flag))
 
 
-_KINDS = {"int": int, "float": float, "str": str}
+_KINDS = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def _plain_fields(config: object) -> None:
@@ -73,9 +73,14 @@ def plain_value(cls: type, name: str, value: object) -> object:
 
 
 def _plain(flag: str, value: object, kind: type) -> object:
-    """`value` as a plain int, float or str (see _plain_fields); UsageError if it is not one."""
-    wanted = {int: "an integer", float: "a number", str: "a str"}[kind]
-    if type(value).__name__ in ("bool", "bool_"):  # Python's bool and numpy's
+    """`value` as a plain int, float, str or bool (see _plain_fields); UsageError if not one."""
+    wanted = {int: "an integer", float: "a number", str: "a str", bool: "True or False"}[kind]
+    is_bool = type(value).__name__ in ("bool", "bool_")  # Python's bool and numpy's
+    if kind is bool:
+        if is_bool:
+            return bool(value)
+        raise _bad(flag, f"{flag} must be True or False (got {value!r})")
+    if is_bool:
         raise _bad(flag, f"{flag} must be {wanted}, not True or False (got {value!r})")
     if kind is str and isinstance(value, str):
         return value if type(value) is str else str(value)  # numpy's str_ too
@@ -117,6 +122,12 @@ class ModelConfig:
     # DropConnect on each W_hh while training (AWD-LSTM's weight drop): a fraction of the
     # recurrent connections, new each window; 0 turns it off
     weight_drop: float = 0.0
+    # Embedding dropout while training: each character of the vocabulary is dropped from the
+    # input (its x_t zeroed) for a whole window with this probability; 0 turns it off
+    embed_dropout: float = 0.0
+    # Variational (locked) dropout: the mask before the output layer is drawn once per
+    # stream and window and held at every time step, instead of anew at each
+    locked_dropout: bool = False
     input: str = "auto"  # "onehot", "embedding" or "auto" (by vocab_size); see INPUTS
     embedding_size: int = 128  # D, the width of E when input is "embedding"
 
@@ -132,6 +143,10 @@ class ModelConfig:
             raise _bad("--dropout", f"--dropout must be in [0, 1) (got {self.dropout})")
         if not 0.0 <= self.weight_drop < 1.0:
             raise _bad("--weight-drop", f"--weight-drop must be in [0, 1) (got {self.weight_drop})")
+        if not 0.0 <= self.embed_dropout < 1.0:
+            raise _bad(
+                "--embed-dropout", f"--embed-dropout must be in [0, 1) (got {self.embed_dropout})"
+            )
         if self.vocab_size < 0:
             raise _bad("vocab_size", f"vocab_size must not be negative (got {self.vocab_size})")
         if self.input not in INPUTS:

@@ -69,9 +69,31 @@ class CharRNN(nn.Module):
         self, idx: torch.Tensor, hidden: Hidden | None = None
     ) -> tuple[torch.Tensor, Hidden]:
         """idx (B, T) int64 -> logits (B, T, V) and the hidden state after the last step."""
-        out, hidden = self.recur(self.inputs(idx), hidden)  # (B, T, H)
-        logits = self.head(self.drop(out))  # (B, T, V)
+        x = self.inputs(idx)  # (B, T, D) or (B, T, V)
+        if self.training and self.config.embed_dropout > 0:
+            x = x * self._kept_chars(idx)
+        out, hidden = self.recur(x, hidden)  # (B, T, H)
+        logits = self.head(self._output_dropout(out))  # (B, T, V)
         return logits, hidden
+
+    def _kept_chars(self, idx: torch.Tensor) -> torch.Tensor:
+        """Embedding dropout (Gal & Ghahramani 2016, as in AWD-LSTM): each character of the
+        vocabulary is kept or dropped for the whole window, so the model cannot lean on one
+        character's vector; kept ones are scaled by 1/(1-p). idx (B, T) -> (B, T, 1)."""
+        p = self.config.embed_dropout
+        keep = torch.full((self.config.vocab_size,), 1 - p, device=idx.device)  # (V,)
+        scale = torch.bernoulli(keep) / (1 - p)  # (V,)
+        return scale[idx].unsqueeze(-1).to(self.head.weight.dtype)
+
+    def _output_dropout(self, out: torch.Tensor) -> torch.Tensor:
+        """Dropout before the output layer. Locked (variational, Gal & Ghahramani 2016): one
+        mask per stream (B, 1, H), the same units dropped at every step of the window, the
+        way a recurrent net's errors compound over time; otherwise torch's, new each step."""
+        p = self.config.dropout
+        if not (self.config.locked_dropout and self.training and p > 0):
+            return self.drop(out)
+        keep = torch.full((out.shape[0], 1, out.shape[2]), 1 - p, device=out.device)  # (B, 1, H)
+        return out * (torch.bernoulli(keep) / (1 - p)).to(out.dtype)
 
     def recur(self, x: torch.Tensor, hidden: Hidden | None) -> tuple[torch.Tensor, Hidden]:
         """The recurrent layers over x (B, T, input width) -> (B, T, H) and the new state.

@@ -68,7 +68,8 @@ def same_weights(a: Path | str, b: Path | str) -> bool:
 def test_paths_and_numpy_numbers_train_and_every_command_reads_the_checkpoint(corpus, tmp_path):
     out = tmp_path / "run"
     sweep = np.linspace(4, 12, 3)  # np.float64 4.0, 8.0, 12.0: a sweep's max_steps
-    options = {**SMALL, "hidden_size": np.int64(16), "eval_every": np.int32(6)}
+    options = {**SMALL, "hidden_size": np.int64(16), "eval_every": np.int32(6),
+               "locked_dropout": np.bool_(True), "embed_dropout": np.float32(0.25)}  # fmt: skip
     result = charrnn.train(corpus, out, max_steps=sweep[2], lr=np.float32(0.004), **options)
     assert result.step == 12 and result.last_path == str(out / "last.pt")
 
@@ -76,12 +77,15 @@ def test_paths_and_numpy_numbers_train_and_every_command_reads_the_checkpoint(co
     train_config = model.checkpoint["train_config"]
     assert type(train_config["lr"]) is float and train_config["lr"] == float(np.float32(0.004))
     assert type(train_config["max_steps"]) is int and type(model.config.hidden_size) is int
+    assert model.config.locked_dropout is True and type(model.config.embed_dropout) is float
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [6, 12]
 
     info = run_cli("info", str(out / "last.pt"), "--json")  # a real process
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["train_config"]["max_steps"] == 12
+    shown = run_cli("info", str(out / "last.pt")).stdout
+    assert "dropout 0.2, locked, embedding dropout 0.25:" in shown, shown
     assert cli("sample", "-c", out / "last.pt", "-n", "20", "--random-seed", "1")[0] == 0
     code, stderr = cli("train", corpus, "--out", out, "--resume", "--max-steps", "14", "-q")
     assert code == 0, stderr
@@ -105,6 +109,8 @@ def test_paths_and_numpy_numbers_train_and_every_command_reads_the_checkpoint(co
         ({"hidden_size": True}, "hidden_size="),
         ({"dropout": False}, "dropout="),
         ({"max_steps": np.bool_(True)}, "max_steps="),
+        ({"locked_dropout": 1}, "locked_dropout="),
+        ({"embed_dropout": 1.0}, "embed_dropout="),
         ({"lr": "0.004"}, "lr="),
         ({"max_steps": 2.5}, "max_steps="),
         ({"model": 3}, "model="),

@@ -239,3 +239,17 @@ def test_an_unlisted_page_is_an_orphan(tmp_path):
     assert orphans(tmp_path / "docs", indexes) == ["b.md"]
     (tmp_path / "docs" / "README.md").write_text("# Docs\n\n[b](b.md#b)\n")
     assert orphans(tmp_path / "docs", indexes) == []
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "eval", "info"])
+def test_every_option_of_the_main_commands_is_in_the_options_page(command):
+    import typer.main
+
+    from charrnn.cli.app import app
+
+    page = (DOCS / "options.md").read_text(encoding="utf-8")
+    params = typer.main.get_command(app).commands[command].params
+    flags = [flag for p in params for flag in p.opts if flag.startswith("--")]
+    assert flags  # the parse still finds them
+    missing = [flag for flag in flags if f"`{flag}`" not in page and f"`{flag} " not in page]
+    assert not missing, f"docs/options.md lacks {missing} of charrnn {command}"

@@ -1,5 +1,6 @@
 """The regularisers and schedules beyond the notes' plain model: weight drop (DropConnect
-on W_hh) and the linear learning-rate decay. Each is off unless asked for, changes only
+on W_hh), embedding dropout, locked (variational) dropout and the linear learning-rate
+decay. Each is off unless asked for, changes only
 training, and keeps Ctrl-C + --resume exact."""
 
 from __future__ import annotations
@@ -18,10 +19,49 @@ from charrnn.training import StepDone, StopRequest
 from charrnn.training.budget import learning_rate
 
 
-def _model(weight_drop: float) -> CharRNN:
+def _model(weight_drop: float = 0.0, **levers) -> CharRNN:
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=20, hidden_size=32, num_layers=2, dropout=0.0)
-    return CharRNN(ModelConfig(**{**config.to_dict(), "weight_drop": weight_drop}))
+    return CharRNN(ModelConfig(**{**config.to_dict(), "weight_drop": weight_drop, **levers}))
+
+
+def _seen_by(module: torch.nn.Module, model: CharRNN, x: torch.Tensor) -> torch.Tensor:
+    """What `module` of `model` receives when the model reads x."""
+    seen = []
+    handle = module.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    model(x)
+    handle.remove()
+    return seen[0]
+
+
+def test_embedding_dropout_drops_a_character_everywhere_in_the_window_or_nowhere():
+    model = _model(embed_dropout=0.5).train()
+    x = torch.randint(0, 20, (4, 50))  # (B, T): every character occurs about ten times
+    fed = _seen_by(model.rnn, model, x)  # (B, T, D)
+    table = model.embed.weight.detach()  # (V, D)
+    dropped = set()
+    for char in x.unique().tolist():
+        rows = fed[x == char]  # (occurrences, D)
+        if torch.all(rows == 0):
+            dropped.add(char)
+        else:
+            assert torch.allclose(rows, table[char].expand_as(rows) * 2), char  # 1/(1-p)
+    assert 0 < len(dropped) < len(x.unique())
+    model.eval()
+    assert torch.equal(_seen_by(model.rnn, model, x), model.embed(x))
+
+
+@pytest.mark.parametrize("locked", [True, False])
+def test_locked_dropout_holds_its_mask_over_the_window(locked):
+    model = _model(dropout=0.5, locked_dropout=locked).train()
+    x = torch.randint(0, 20, (3, 40))
+    fed = _seen_by(model.head, model, x)  # (B, T, H), the dropped output
+    zero = fed == 0
+    held = torch.all(zero == zero[:, :1, :])  # every step dropped the same units
+    assert zero.float().mean() == pytest.approx(0.5, abs=0.1)
+    assert held == locked
+    model.eval()
+    assert not torch.any(_seen_by(model.head, model, x) == 0)
 
 
 def test_weight_drop_masks_w_hh_while_training_only():
@@ -65,7 +105,14 @@ def test_the_linear_schedule_falls_in_a_straight_line_to_its_floor():
 
 
 TEXT = shakespeare_head(6000)
-LEVERS = dict(weight_drop=0.3, lr_schedule="linear", lr_min_ratio=0.0, dropout=0.1)
+LEVERS = dict(
+    weight_drop=0.3,
+    embed_dropout=0.2,
+    locked_dropout=True,
+    lr_schedule="linear",
+    lr_min_ratio=0.0,
+    dropout=0.1,
+)
 
 
 def test_stop_and_resume_with_the_levers_equals_never_stopped(tmp_path):
@@ -86,16 +133,18 @@ def test_stop_and_resume_with_the_levers_equals_never_stopped(tmp_path):
     got = load_checkpoint(str(parted / "last.pt"))["model_state"]
     for name in want:
         assert torch.equal(want[name], got[name]), name
-    # and the weight drop did act: without it the weights differ
-    tiny_run(TEXT, str(tmp_path / "plain"), max_steps=16, **{**LEVERS, "weight_drop": 0})
-    other = load_checkpoint(str(tmp_path / "plain" / "last.pt"))["model_state"]
-    assert not torch.equal(want["rnn.weight_hh_l0"], other["rnn.weight_hh_l0"])
+    # and each lever did act: without it the weights differ
+    for name, off in [("weight_drop", 0), ("embed_dropout", 0), ("locked_dropout", False)]:
+        tiny_run(TEXT, str(tmp_path / name), max_steps=16, **{**LEVERS, name: off})
+        other = load_checkpoint(str(tmp_path / name / "last.pt"))["model_state"]
+        assert not torch.equal(want["rnn.weight_hh_l0"], other["rnn.weight_hh_l0"]), name
 
 
 @pytest.mark.parametrize(
     ("args", "named"),
     [
         (["--weight-drop", "1"], "--weight-drop must be in [0, 1)"),
+        (["--embed-dropout", "-0.1"], "--embed-dropout must be in [0, 1)"),
         (["--lr-schedule", "step"], "unknown --lr-schedule 'step'"),
     ],
 )

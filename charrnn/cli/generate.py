@@ -359,7 +359,7 @@ def _info(path: str, as_json: bool) -> None:
     lines = [
         f"checkpoint   {path} (format {info['format_version']}, charrnn {info['charrnn_version']})",
         f"model        {m['model']}, {m['num_layers']} x {m['hidden_size']}, dropout "
-        f"{m['dropout']}{_weight_drop(m)}: {info['num_params']:,} parameters",
+        f"{m['dropout']}{_levers(m)}: {info['num_params']:,} parameters",
         *_choice_line(info["model_choice"]),
         f"input        {describe_input(model.config)}",
         f"vocabulary   {describe_vocab(vocab.chars)}",
@@ -430,6 +430,11 @@ def _files_line(corpus: dict[str, Any]) -> list[str]:
     return [f"files        {len(files)}: {shown}{more}"]
 
 
-def _weight_drop(model: dict) -> str:
-    drop = model.get("weight_drop", 0.0)
-    return f", weight drop {drop}" if drop else ""
+def _levers(model: dict) -> str:
+    """The regularisers beyond plain dropout that the model trained with, if any."""
+    parts = [
+        "locked" if model.get("locked_dropout") else "",
+        f"weight drop {model['weight_drop']}" if model.get("weight_drop") else "",
+        f"embedding dropout {model['embed_dropout']}" if model.get("embed_dropout") else "",
+    ]
+    return "".join(f", {part}" for part in parts if part)

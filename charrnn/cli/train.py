@@ -73,6 +73,16 @@ def train_cmd(
         "weight_drop",
         "DropConnect on the recurrent weights W_hh while training (0: off).",
     ),
+    embed_dropout: float = option(
+        ModelConfig,
+        "embed_dropout",
+        "Drop whole characters from the input for a window while training (0: off).",
+    ),
+    locked_dropout: bool = option(
+        ModelConfig,
+        "locked_dropout",
+        "Hold the output dropout's mask over each window's time steps (variational dropout).",
+    ),
     input: str = option(
         ModelConfig,
         "input",
