@@ -251,6 +251,8 @@ def fit(args: argparse.Namespace) -> None:
     for i, row in enumerate(rows):
         row["guess"] = guess[i].item()
     _rule_check(rows + checks, speed)
+    if args.held_out:
+        _held_out(args.held_out, theta, kinds, speed)
     for key in sorted({(r["text"], round(r["steps"] * 24 * 64 / speed[r["size"]])) for r in rows}):
         same = [r for r in rows if (r["text"], round(r["steps"] * 1536 / speed[r["size"]])) == key]
         if len(same) < 3:
@@ -262,6 +264,19 @@ def fit(args: argparse.Namespace) -> None:
               f"({picked['best_val']:.4f} measured); "
               + ", ".join(f"{r['size']} {r['best_val']:.3f}/{r['guess']:.3f}"
                           for r in same))  # fmt: skip
+
+
+def _held_out(path: str, theta, kinds: list[str], speed: dict[str, float]) -> None:
+    """Runs kept out of the fit (a longer budget, say): what the fitted law predicted for
+    each, and whether the shipped rule picks the better of the sizes run there."""
+    with open(path) as f:
+        held = [json.loads(line) for line in f]
+    guess = _law(theta, *_law_inputs(held, kinds))
+    for row, g in zip(held, guess.tolist(), strict=True):
+        seconds = round(row["steps"] * 1536 / speed[row["size"]])
+        print(f"held out: {row['text']} {seconds} s {row['size']}: measured "
+              f"{row['best_val']:.4f}, the law {g:.4f}")  # fmt: skip
+    _rule_check(held, speed, least=2)
 
 
 def _parse(size: str) -> tuple[int, int]:
@@ -294,7 +309,7 @@ def _law_inputs(rows: list[dict], kinds: list[str]) -> tuple:
             torch.tensor([kinds.index(r["text"]) for r in rows], dtype=torch.long))  # fmt: skip
 
 
-def _rule_check(rows: list[dict], speed: dict[str, float]) -> None:
+def _rule_check(rows: list[dict], speed: dict[str, float], least: int = 3) -> None:
     """charrnn's rule (sizing.choose, with the constants it ships) at each swept text and
     budget, among the sizes swept there, against the size measured best: the regret."""
     from charrnn import sizing
@@ -304,7 +319,7 @@ def _rule_check(rows: list[dict], speed: dict[str, float]) -> None:
         groups.setdefault((r["text"], round(r["steps"] * 1536 / speed[r["size"]])), []).append(r)
     for (name, seconds), same in sorted(groups.items()):
         sizes = {_size(r): r for r in same if _size(r) in sizing.SIZES}  # the candidates
-        if len(same) < 3 or len(sizes) < 2:
+        if len(same) < least or len(sizes) < 2:
             continue
         speeds = {size: speed[f"{size[0]}x{size[1]}"] for size in sizes}
         budget = sizing.Budget(seconds, None, "")
@@ -413,7 +428,7 @@ def plot(args: argparse.Namespace) -> None:
     right.set_yscale("log")
     right.set_xlabel("time budget on this CPU (minutes)")
     right.set_ylabel("recurrent weights of the chosen size (millions)")
-    right.set_title("the rule's choice (swept: 1 to 10 minutes; beyond, extrapolated)")
+    right.set_title("the rule's choice (fitted: 1 to 10 minutes; beyond, extrapolated)")
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(args.out)
@@ -449,6 +464,7 @@ def main() -> None:
     p = sub.add_parser("fit")
     p.add_argument("path")
     p.add_argument("--check", default="ts20k", help="texts kept out of the fit")
+    p.add_argument("--held-out", default="", help="runs (jsonl) to predict, not fit")
     p.add_argument("--speeds", default="sweep/speeds.json")
     p = sub.add_parser("plot")
     p.add_argument("path")

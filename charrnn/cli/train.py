@@ -82,6 +82,7 @@ def train_cmd(
         ModelConfig,
         "locked_dropout",
         "Hold the output dropout's mask over each window's time steps (variational dropout).",
+        "--locked-dropout",
     ),
     input: str = option(
         ModelConfig,
