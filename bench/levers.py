@@ -3,6 +3,7 @@
     python bench/levers.py                                     # Tiny Shakespeare, 2,000 steps
     python bench/levers.py --text korean.txt --steps 1500 --seeds 1,2
     python bench/levers.py --lever "embed_dropout=0.2" --lever "locked_dropout=true"
+    python bench/levers.py --lever 'lr_schedule="linear",lr_min_ratio=0'   # two options at once
 
 Each run is `charrnn.train(TEXT, max_steps=STEPS, threads=1, ...)` with the model charrnn
 chooses for Tiny Shakespeare in 5 minutes here (1 x 512, dropout 0.1; --size and --dropout
@@ -32,7 +33,7 @@ def one(text: str, steps: int, size: str, dropout: float, lever: str, seed: int)
     import charrnn
 
     hidden, layers = (int(n) for n in size.split("x"))
-    options = {} if lever == "plain" else dict([_option(lever)])
+    options = {} if lever == "plain" else dict(_option(part) for part in lever.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         result = charrnn.train(text, out=tmp, force=True, max_steps=steps, threads=1,
                                eval_every=max(1, steps // 4), sample_length=0, random_seed=seed,
@@ -53,7 +54,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--size", default="512x1")
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--lever", action="append", help="NAME=VALUE (json); 'plain' is the base")
+    p.add_argument("--lever", action="append",
+                   help="NAME=VALUE (json), several joined by commas; 'plain' is the base")  # fmt: skip
     p.add_argument("--seeds", default="1337")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", help="append each run's row here (jsonl)")
