@@ -89,7 +89,7 @@ def test_the_run_state_goes_into_a_checkpoint_and_back_out(tmp_path):
     p = first.state.progress
     p.step, p.epoch, p.window = 37, 2, 5
     p.hidden = tuple(torch.randn(2, 4, 32) for _ in range(2))  # (L, B, H) h and c
-    p.history = [{"step": 30, "val_loss": 2.25}]
+    p.history = [{"step": 30, "val_loss": 2.25}, {"step": 35, "train_loss": 1.9}]
     p.best_val, p.last_val = 2.0, 2.25
     first.budget.plan = 40
     first.state.save(also_best=False)

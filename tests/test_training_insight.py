@@ -57,6 +57,22 @@ def test_live_display_shows_the_latest_validation_loss(monkeypatch):
     assert "sample at step 680" in out and "Second" in out.split("sample at step 680")[-1]
 
 
+def test_a_resumed_runs_bar_shows_its_best_validation_until_the_next(monkeypatch):
+    # Seen by hand: after --resume the bar said `val -` until the first evaluation.
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=200, color_system=None)
+    monkeypatch.setattr(charrnn.cli.progress, "err", console)
+    reporter = Reporter(quiet=False)
+    resumed = RunStarted(1092, True, 1000, "cpu", "fp32", 10, None, 120.0, 1000, 100, 20)
+    resumed.best_val = 1.6412
+    reporter(resumed)
+    reporter(_step(1093, 1.5))
+    reporter.stop_live()
+    out = screen.getvalue()
+    assert "resuming at step 1092" in out
+    assert re.findall(r"\| val (\S+)", out)[-1] == "1.6412", out
+
+
 def test_a_warning_is_printed_above_the_live_display_which_goes_on(monkeypatch):
     # A time-limited run's first validation is often fitted to the time (a Notice): the
     # display used to stop there for good and fall back to plain log lines.

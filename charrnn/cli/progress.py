@@ -89,6 +89,8 @@ class Reporter:
             f"({e.input.replace('onehot', 'one-hot')} input); {e.steps_per_epoch} steps per epoch; "
             f"stops at {' or '.join(limits)}"
         )
+        if e.best_val is not None:  # the bar shows the val loss the run has, not "-"
+            self.val = f"{e.best_val:.4f} ({e.best_val / math.log(2):.3f} bpc)"
         if self.live:
             self.progress = Progress(
                 TextColumn("[bold]step {task.completed:>6.0f}"),

@@ -26,6 +26,7 @@ class RunStarted:
     val_used: int | None = None  # held-out characters each evaluation predicts (the bound)
     input: str = "onehot"  # ModelConfig.input, resolved: "onehot" or "embedding"
     processes: int = 1  # torchrun's world size: the processes training together
+    best_val: float | None = None  # a resumed run's best validation loss so far
 
 
 @dataclass

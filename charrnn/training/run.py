@@ -128,6 +128,7 @@ def _started(run: Run) -> RunStarted:
         val_used=run.evaluator.val_used,
         input=parts.model.config.input,
         processes=parts.world.size,
+        best_val=p.best_val,
     )
 
 

@@ -90,8 +90,8 @@ class RunState:
         p.history = list(ckpt.get("history") or [])
         self.choice = ckpt.get("model_choice")  # a resumed run keeps its model and the why
         p.best_val = ckpt.get("best_val_loss")
-        if p.history:
-            p.last_val = p.history[-1].get("val_loss")
+        # The newest row may hold only a training loss: take the newest validation.
+        p.last_val = next((r["val_loss"] for r in reversed(p.history) if "val_loss" in r), None)
         old = ckpt.get("train_config", {})
         same_limits = all(
             old.get(k) == getattr(self.config, k) for k in ("max_steps", "epochs", "time_limit")
