@@ -118,6 +118,11 @@ def test_info_describes_the_checkpoint(cli_run):
     assert info["num_params"] > 0 and info["vocab_size"] == len(info["vocab"])
     text = run_cli("info", str(out / "last.pt"))
     assert "parameters" in text.stdout and "best val" in text.stdout
+    # `-c`, as sample and eval take it, names the same file; two different files are refused.
+    assert run_cli("info", "-c", str(out / "last.pt")).stdout == text.stdout
+    both = run_cli("info", str(out / "best.pt"), "-c", str(out / "last.pt"))
+    assert both.returncode == 2 and both.stdout == ""
+    assert both.stderr.count("\n") == 1 and "two checkpoints given" in both.stderr
 
 
 def test_an_existing_run_is_refused_then_resumed(cli_run):

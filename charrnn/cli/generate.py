@@ -314,9 +314,19 @@ def _eval(
 def info_cmd(
     checkpoint: str = typer.Argument("checkpoints/best.pt", help="A checkpoint file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    named: str | None = typer.Option(
+        None, "--checkpoint", "-c", help="The checkpoint, named as sample and eval name it."
+    ),
 ) -> None:
     """Describe a checkpoint: model, size, vocabulary, training options and progress."""
-    printing(lambda: _info(checkpoint, as_json))
+    printing(lambda: _info(_the_checkpoint(checkpoint, named), as_json))
+
+
+def _the_checkpoint(positional: str, named: str | None) -> str:
+    # `sample -c X` teaches `-c`, so `info -c X` works too; two different files do not.
+    if named is None or positional in (named, "checkpoints/best.pt"):
+        return named or positional
+    raise UsageError(f"two checkpoints given ({positional} and -c {named}): give one")
 
 
 def _info(path: str, as_json: bool) -> None:
