@@ -55,7 +55,7 @@ def main() -> None:
     p.add_argument("--size", default="512x1")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--lever", action="append",
-                   help="NAME=VALUE (json), several joined by commas; 'plain' is the base")  # fmt: skip
+                   help="NAME=VALUE (json), several joined by commas; 'plain': none")  # fmt: skip
     p.add_argument("--seeds", default="1337")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", help="append each run's row here (jsonl)")

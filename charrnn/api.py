@@ -369,7 +369,7 @@ def _run(
     if source is not None:
         data, init = _start_from(source, source_vocab, r.init_from, data, train_config, emit)
     elif not r.resume and wants_choice(r.given):
-        choice = choose_for_run(r.given, train_config, data, world, started)
+        choice = choose_for_run(r.given, train_config, data, world, started, always_time=False)
         model_kw = {**model_kw, **choice.model_options()}
         emit(ModelChosen(choice))
     if not r.resume:

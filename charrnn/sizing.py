@@ -121,7 +121,7 @@ class Choice:
     hidden_size: int
     num_layers: int
     dropout: float | None  # None: the user's --dropout stands
-    chars_per_sec: float  # expected for the chosen size on this device
+    chars_per_sec: float | None  # expected for the chosen size here; None: not timed
     chars: float  # characters it trains on within the budget
     epochs: float
     steps: int
@@ -143,7 +143,7 @@ class Choice:
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
             "dropout": self.dropout,
-            "chars_per_sec": round(self.chars_per_sec, 1),
+            "chars_per_sec": None if self.chars_per_sec is None else round(self.chars_per_sec, 1),
             "epochs": round(self.epochs, 3),
             "steps": self.steps,
             "reason": self.reason,

@@ -254,3 +254,31 @@ def test_off_a_cpu_every_size_is_timed_and_on_a_cpu_the_cost_law_scales_one_timi
     law = cost(*sizing.DEFAULT_SIZE, 20) / cost(*sizing.SIZES[0], 20)  # at this vocabulary
     assert ratio == pytest.approx(law)
     assert torch.get_num_threads() == threads  # the probe tried 1 and all, then put it back
+
+
+def test_a_run_counted_in_steps_is_not_timed_and_chooses_what_the_timed_plan_does(
+    corpus, tmp_path, monkeypatch
+):
+    # Without a time limit the size is the default whatever the speed: the timing cost a
+    # 120-step run a sixth of its time (bench/threads.py on the bf16 EPYC) and changed nothing.
+    import charrnn
+    import charrnn.training.choose as choose
+
+    planned = charrnn.plan(str(corpus), max_steps=3)  # --dry-run still times, to show it
+    assert planned.chars_per_sec > 0
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a run without --time-limit timed the machine")
+
+    monkeypatch.setattr(choose, "_time", no_timing)
+    charrnn.train(str(corpus), out=str(tmp_path / "run"), max_steps=3, sample_length=0)
+    record = load_checkpoint(str(tmp_path / "run" / "last.pt"))["model_choice"]
+    chosen = (record["hidden_size"], record["num_layers"], record["dropout"])
+    assert chosen == (planned.hidden_size, planned.num_layers, planned.dropout)
+    assert chosen[:2] == sizing.DEFAULT_SIZE and record["steps"] == planned.steps == 3
+    assert (
+        record["chars_per_sec"] is None
+        and "a --time-limit lets charrnn size it" in record["reason"]
+    )
+    with pytest.raises(AssertionError, match="timed the machine"):  # the patch does bite
+        charrnn.train(str(corpus), out=str(tmp_path / "t"), time_limit=60, sample_length=0)

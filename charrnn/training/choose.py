@@ -40,13 +40,19 @@ class ModelChosen:
 
 
 def choose_for_run(
-    given: dict[str, Any], config: TrainConfig, corpus: Corpus, world: World, started: float
+    given: dict[str, Any],
+    config: TrainConfig,
+    corpus: Corpus,
+    world: World,
+    started: float,
+    always_time: bool = True,
 ) -> sizing.Choice:
     """Rank 0 times this device and chooses; every process trains what it chose. (Alone,
-    World() makes this choose_model on config's device.)"""
+    World() makes this choose_model on config's device.) `always_time=False`: a run with no
+    --time-limit skips the timing, which only a time limit turns into a size."""
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    request = (given, config, corpus, device, precision, started, world)
+    request = (given, config, corpus, device, precision, started, world, always_time)
     return world.broadcast(
         world.together(lambda: choose_model(*request) if world.is_main else None)
     )
@@ -65,6 +71,7 @@ def choose_model(
     precision: str,
     started: float,
     world: World,
+    always_time: bool = True,
 ) -> sizing.Choice:
     """The choice for `corpus` within `config`'s limits, timed on `device` now; the time
     limit counts from `started` (time.perf_counter()), so reading the text and this timing
@@ -73,6 +80,11 @@ def choose_model(
     model = ModelConfig(**{k: v for k, v in given.items() if k in MODEL_OPTIONS},
                         vocab_size=len(corpus.vocab))  # fmt: skip
     check_memory(model, config, device)  # a run too big even at the default size: no timing
+    if not always_time and config.time_limit is None and wants_choice(given):
+        # Counted in steps or epochs, the size is the default whatever the speed: the
+        # timing (1 to 2 s, a sixth of a short run) would only fill in chars_per_sec.
+        choice = _untimed(given, config, corpus, _where(device, world))
+        return dataclasses.replace(choice, cell=model.model)
     ids = corpus.train[: 4 * config.batch_size * config.seq_len]
     named = None if wants_choice(given) else (model.hidden_size, model.num_layers)
     if named:
@@ -82,12 +94,23 @@ def choose_model(
     # Under torchrun each process steps its share of the batch, side by side.
     found = {size: speed * world.size for size, speed in found.items()}
     budget = _budget(config, len(corpus.train), started)
-    where = f"this {'CPU' if device.type == 'cpu' else device.type.upper()}"
-    if world.size > 1:
-        where = f"{world.size} processes"
     choice = sizing.choose(len(corpus.train), budget, found, config.batch_size * config.seq_len,
-                           "dropout" in given, where, named)  # fmt: skip
+                           "dropout" in given, _where(device, world), named)  # fmt: skip
     return dataclasses.replace(choice, cell=model.model)
+
+
+def _where(device: torch.device, world: World) -> str:
+    if world.size > 1:
+        return f"{world.size} processes"
+    return f"this {'CPU' if device.type == 'cpu' else device.type.upper()}"
+
+
+def _untimed(given: dict[str, Any], config: TrainConfig, corpus: Corpus, where: str):
+    budget = _budget(config, len(corpus.train), time.perf_counter())
+    per_step = config.batch_size * config.seq_len
+    unknown = {sizing.DEFAULT_SIZE: math.nan}  # sizing.choose needs no speed without seconds
+    choice = sizing.choose(len(corpus.train), budget, unknown, per_step, "dropout" in given, where)
+    return dataclasses.replace(choice, chars_per_sec=None, ranking=())
 
 
 def _budget(config: TrainConfig, train_chars: int, started: float) -> sizing.Budget:
