@@ -26,6 +26,8 @@ from .app import DEVICE_METAVAR, app, complete_device, examples, field_default
 from .progress import fmt_epochs
 from .streams import Stdout, printing, warn
 
+DEFAULT_CHECKPOINT = "checkpoints/best.pt"  # where `train` writes by default
+
 # ------------------------------------------------------------------------ sample
 
 
@@ -38,7 +40,7 @@ from .streams import Stdout, printing, warn
     ),
 )
 def sample_cmd(
-    checkpoint: str = typer.Option("checkpoints/best.pt", "--checkpoint", "-c"),
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, "--checkpoint", "-c"),
     seed: str = typer.Option(
         None,
         "--seed",
@@ -221,7 +223,7 @@ def _read_seed(path: str, encoding: str, vocab: Vocab) -> str:
 )
 def eval_cmd(
     file: str = typer.Argument(..., help="Text to score, or - for stdin."),
-    checkpoint: str = typer.Option("checkpoints/best.pt", "--checkpoint", "-c"),
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, "--checkpoint", "-c"),
     encoding: str = typer.Option("utf-8", help="Text encoding of FILE."),
     device: str = typer.Option(
         "auto",
@@ -312,7 +314,7 @@ def _eval(
     epilog=examples("charrnn info checkpoints/best.pt", "charrnn info run/last.pt --json"),
 )
 def info_cmd(
-    checkpoint: str = typer.Argument("checkpoints/best.pt", help="A checkpoint file."),
+    checkpoint: str = typer.Argument(DEFAULT_CHECKPOINT, help="A checkpoint file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     named: str | None = typer.Option(
         None, "--checkpoint", "-c", help="The checkpoint, named as sample and eval name it."
@@ -324,7 +326,7 @@ def info_cmd(
 
 def _the_checkpoint(positional: str, named: str | None) -> str:
     # `sample -c X` teaches `-c`, so `info -c X` works too; two different files do not.
-    if named is None or positional in (named, "checkpoints/best.pt"):
+    if named is None or positional in (named, DEFAULT_CHECKPOINT):
         return named or positional
     raise UsageError(f"two checkpoints given ({positional} and -c {named}): give one")
 

@@ -80,14 +80,14 @@ def choose_model(
     model = ModelConfig(**{k: v for k, v in given.items() if k in MODEL_OPTIONS},
                         vocab_size=len(corpus.vocab))  # fmt: skip
     check_memory(model, config, device)  # a run too big even at the default size: no timing
-    if not always_time and config.time_limit is None and wants_choice(given):
-        # Counted in steps or epochs, the size is the default whatever the speed: the
-        # timing (1 to 2 s, a sixth of a short run) would only fill in chars_per_sec.
-        choice = _untimed(given, config, corpus, _where(device, world))
-        return dataclasses.replace(choice, cell=model.model)
     ids = corpus.train[: 4 * config.batch_size * config.seq_len]
     named = None if wants_choice(given) else (model.hidden_size, model.num_layers)
-    if named:
+    # Counted in steps or epochs, the size is the default whatever the speed: the timing
+    # (1 to 2 s, a sixth of a short run) would only fill in chars_per_sec.
+    untimed = not always_time and config.time_limit is None and named is None
+    if untimed:
+        found = {sizing.DEFAULT_SIZE: math.nan}  # sizing.choose needs no speed without seconds
+    elif named:
         found = {named: _time(model, config, ids, device, precision, named)}
     else:
         found = speeds(model, config, ids, device, precision)
@@ -96,6 +96,8 @@ def choose_model(
     budget = _budget(config, len(corpus.train), started)
     choice = sizing.choose(len(corpus.train), budget, found, config.batch_size * config.seq_len,
                            "dropout" in given, _where(device, world), named)  # fmt: skip
+    if untimed:
+        choice = dataclasses.replace(choice, chars_per_sec=None)
     return dataclasses.replace(choice, cell=model.model)
 
 
@@ -103,14 +105,6 @@ def _where(device: torch.device, world: World) -> str:
     if world.size > 1:
         return f"{world.size} processes"
     return f"this {'CPU' if device.type == 'cpu' else device.type.upper()}"
-
-
-def _untimed(given: dict[str, Any], config: TrainConfig, corpus: Corpus, where: str):
-    budget = _budget(config, len(corpus.train), time.perf_counter())
-    per_step = config.batch_size * config.seq_len
-    unknown = {sizing.DEFAULT_SIZE: math.nan}  # sizing.choose needs no speed without seconds
-    choice = sizing.choose(len(corpus.train), budget, unknown, per_step, "dropout" in given, where)
-    return dataclasses.replace(choice, chars_per_sec=None, ranking=())
 
 
 def _budget(config: TrainConfig, train_chars: int, started: float) -> sizing.Budget:
