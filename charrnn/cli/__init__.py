@@ -25,12 +25,13 @@ from .streams import err, muted
 # isort: off
 from . import train
 from . import generate
+from . import info
 from . import inspect
 from . import export
 from . import serve
 # isort: on
 
-__all__ = ["app", "export", "generate", "inspect", "main", "serve", "train"]
+__all__ = ["app", "export", "generate", "info", "inspect", "main", "serve", "train"]
 
 
 def main() -> None:

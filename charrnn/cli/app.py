@@ -31,6 +31,7 @@ def completer(names: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 
 DEVICE_METAVAR = "[auto|cpu|cuda|cuda:N|mps]"
+DEFAULT_CHECKPOINT = "checkpoints/best.pt"  # where `train` writes by default
 
 
 def complete_device(incomplete: str) -> list[str]:
