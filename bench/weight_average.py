@@ -6,8 +6,9 @@
 Trains Tiny Shakespeare with charrnn.train (one thread), keeping EMA copies of the weights
 at several decays beside the run (updated every step, from the weights before that step's
 update: taken where the loop clips the gradients), then scores the held-out last 10% of
-the text with the run's last weights and with each average. An estimate for issue 20's
-"averaged weights" lever, not a feature: charrnn has no --ema option.
+the text with the run's last weights and with each average: several decays from one run,
+to choose one for `charrnn train --ema DECAY` (which keeps one average, ramped up over the
+first steps, and validates and saves it; bench/levers.py compares it with seeds).
 """
 
 from __future__ import annotations

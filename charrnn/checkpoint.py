@@ -12,7 +12,10 @@ Keys (FORMAT_VERSION 1)::
     vocab            list of the characters, id order
     model_state      state_dict on CPU: rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, ...
                      (torch's own nn.LSTM / nn.RNN / nn.GRU names and gate order), head.weight,
-                     head.bias; with input "embedding" also embed.weight, E^T (V, D)
+                     head.bias; with input "embedding" also embed.weight, E^T (V, D).
+                     With train_config ema > 0 these are the averaged weights, and:
+    training_weights the weights Adam is moving (same names), for --resume
+    weight_average   {"decay": float, "updates": int}
     optimizer_state  Adam's state_dict
     step             optimizer steps taken so far
     epoch            epochs completed
@@ -293,13 +296,15 @@ def model_config_from(ckpt: dict[str, Any], path: str) -> ModelConfig:
         raise _damaged(path, f"model_config {e.field} is {raw.get(e.field)!r}") from None
 
 
-def check_weights(ckpt: dict[str, Any], config: ModelConfig, path: str) -> None:
+def check_weights(
+    ckpt: dict[str, Any], config: ModelConfig, path: str, key: str = "model_state"
+) -> None:
     """The weights are exactly the tensors `config` implies, and finite. Checked before any
     model is built, so a checkpoint that claims 100,000 layers or 40,000 units is refused
-    at once instead of after minutes of allocating."""
-    state = ckpt["model_state"]
+    at once instead of after minutes of allocating. `key`: the weights to check."""
+    state = ckpt.get(key)
     if not isinstance(state, dict):
-        raise _damaged(path, "model_state is not a dict")
+        raise _damaged(path, f"{key} is not a dict")
     if len(ckpt["vocab"]) != config.vocab_size:
         raise CheckpointError(
             f"checkpoint {path!r} has {len(ckpt['vocab'])} characters in its vocabulary but its "
@@ -310,12 +315,12 @@ def check_weights(ckpt: dict[str, Any], config: ModelConfig, path: str) -> None:
         raise _damaged(
             path,
             f"model_config says {config.num_layers} {config.model} layer(s), which have "
-            f"{expected} weight tensors, but model_state holds {len(state)}",
+            f"{expected} weight tensors, but {key} holds {len(state)}",
         )
     for name, shape in parameter_shapes(config).items():
         tensor = state.get(name)
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-            raise _damaged(path, f"model_state lacks the tensor {name}")
+            raise _damaged(path, f"{key} lacks the tensor {name}")
         if tuple(tensor.shape) != shape:
             raise _damaged(
                 path,
@@ -370,6 +375,11 @@ def check_resumable(ckpt: dict[str, Any], path: str) -> tuple[ModelConfig, Train
         if not all(torch.isfinite(h).all() for h in hidden):
             raise _damaged(path, "the hidden state holds NaN or infinite values")
     _check_optimizer(ckpt["optimizer_state"], [tuple(p.shape) for p in model.parameters()], path)
+    if train_config.ema > 0:  # model_state is the average; Adam's weights are beside it
+        check_weights(ckpt, model_config, path, "training_weights")
+        updates = (ckpt.get("weight_average") or {}).get("updates")
+        if not (_is_int(updates) and updates >= 0):
+            raise _damaged(path, "weight_average lacks its count of updates")
     rng = ckpt["rng"]
     if not (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor)):
         raise _damaged(path, "rng lacks torch's generator state")

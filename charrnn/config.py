@@ -195,6 +195,9 @@ class TrainConfig:
     lr_min_ratio: float = 0.05  # the schedule decays to lr * lr_min_ratio
     warmup_steps: int = 50  # linear warm-up from 0 to lr
     grad_clip: float = 1.0  # clip the global L2 norm of all gradients to this; 0 = off
+    # decay of an exponential moving average of the weights, validated and saved in their
+    # place (training/average.py); 0 = off, the weights as trained
+    ema: float = 0.0
     precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto" (bf16 where it is fast)
     # when to stop: whichever comes first; with none given, `epochs` falls back to DEFAULT_EPOCHS
     max_steps: int | None = None
@@ -226,6 +229,10 @@ class TrainConfig:
             raise _bad(
                 "--grad-clip",
                 f"--grad-clip must be >= 0; 0 turns clipping off (got {self.grad_clip})",
+            )
+        if not 0.0 <= self.ema < 1.0:  # also refuses nan
+            raise _bad(
+                "--ema", f"--ema must be in [0, 1), e.g. 0.999; 0 turns it off (got {self.ema})"
             )
         if not 0.0 <= self.lr_min_ratio <= 1.0:
             raise _bad("lr_min_ratio", f"lr_min_ratio must be in [0, 1] (got {self.lr_min_ratio})")

@@ -88,12 +88,21 @@ def _info(path: str, as_json: bool) -> None:
         f"trained      {info['step']} steps ({fmt_epochs(_epochs(ckpt))} epochs) on "
         f"{info['corpus'].get('name', '?')} ({info['corpus'].get('num_chars', 0):,} chars)",
         *_files_line(info["corpus"]),
+        *_average_line(info["train_config"]),
         "best val     "
         + (f"{best:.4f} nats/char ({best / LN2:.4f} bits/char)" if best is not None else "-"),
         "options      " + ", ".join(f"{k}={v}" for k, v in (info["train_config"] or {}).items()),
         *_lineage_lines(info["lineage"]),
     ]
     out.print("\n".join(lines))
+
+
+def _average_line(config: Any) -> list[str]:
+    """With --ema the weights held are an average, not the last step's (training/average.py)."""
+    decay = config.get("ema") if isinstance(config, dict) else None
+    if not isinstance(decay, float) or decay <= 0:
+        return []
+    return [f"weights      a moving average of the trained weights (--ema {decay:g}), as validated"]
 
 
 def _choice_line(choice: Any) -> list[str]:

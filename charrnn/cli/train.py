@@ -105,6 +105,12 @@ def train_cmd(
     grad_clip: float = option(
         TrainConfig, "grad_clip", "Clip the global gradient L2 norm to this (0: off)."
     ),
+    ema: float = option(
+        TrainConfig,
+        "ema",
+        "Validate and save a moving average of the weights with this decay per step, "
+        "e.g. 0.999 (0: off, the weights as trained).",
+    ),
     val_fraction: float = option(
         TrainConfig, "val_fraction", "Fraction held out for validation (the end of the text)."
     ),

@@ -11,6 +11,7 @@ from ..config import SampleConfig, TrainConfig
 from ..corpus import Corpus
 from ..rundir import RunDir
 from ..sample import generate
+from .average import validated
 from .budget import Budget, learning_rate
 from .evaluation import LN2, evaluate, evaluate_segments, val_segments, val_streams
 from .events import Evaluated, Notice, StopRequest
@@ -113,7 +114,8 @@ class Evaluator:
             and time.perf_counter() + self.first_chunk_estimate() > deadline
         ):
             return self._skip_validation()
-        scored = self._score(final)
+        with validated(self.state.parts.average):
+            scored = self._score(final)
         if scored is None and not self.stop:  # out of time: save without a validation
             return self._skip_validation()
         if scored is None:  # interrupted mid-way: the caller saves and stops
@@ -131,7 +133,8 @@ class Evaluator:
         train_loss = self.loss_sum / self.loss_count if self.loss_count else None
         self.loss_sum, self.loss_count = 0.0, 0
         t0 = time.perf_counter()
-        sample = self.draw_sample()
+        with validated(self.state.parts.average):
+            sample = self.draw_sample()
         self.sample_took = time.perf_counter() - t0
         epoch = p.fractional_epoch(self.state.parts.streams.windows_per_epoch)
         record = {

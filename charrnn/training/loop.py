@@ -82,6 +82,8 @@ def train_loop(run: Run) -> tuple[str | None, str | None]:
         ok = math.isfinite(loss_value) and math.isfinite(norm)
         if ok:
             optimizer.step()
+            if parts.average is not None:
+                parts.average.update()
             # Keep the state for the next window but cut the graph here: that is the
             # "truncated" in truncated BPTT.
             p.hidden = detach_hidden(hidden, parts.model.head.weight.dtype)

@@ -16,6 +16,7 @@ from ..corpus import Corpus
 from ..device import bf16_missing, configure_backends, resolve_device, resolve_precision
 from ..distributed import World
 from ..model import CharRNN
+from .average import WeightAverage
 from .events import Notice
 
 
@@ -29,6 +30,7 @@ class Parts:
     params: list[torch.Tensor]
     optimizer: torch.optim.Optimizer
     streams: Streams  # this process's rows of the batch
+    average: WeightAverage | None = None  # --ema: the weights validated and saved
 
 
 def prepare(
@@ -40,7 +42,8 @@ def prepare(
     emit: Callable[[Any], None],
     resume: dict[str, Any] | None,
 ) -> Parts:
-    """Everything the loop trains with, the weights from `weights`' model_state if given."""
+    """Everything the loop trains with, the weights from `weights` if given: the ones Adam
+    was moving (training_weights, when the run averages them), else its model_state."""
     device = world.device(resolve_device(config.device), config.device)
     if world.launched and device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL's streams and DDP's buckets live there
@@ -52,7 +55,7 @@ def prepare(
     torch.manual_seed(config.random_seed)
     model = CharRNN(model_config)
     if weights is not None:
-        model.load_state_dict(weights["model_state"])
+        model.load_state_dict(weights.get("training_weights") or weights["model_state"])
     model.to(device)
     if world.rank > 0:  # dropout: each process draws its own masks for its own rows
         torch.manual_seed(rank_seed(config.random_seed, world.rank, 0))
@@ -62,7 +65,9 @@ def prepare(
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    average = WeightAverage(named, config.ema) if config.ema > 0 else None
     optimizer = torch.optim.Adam(params, lr=config.lr, **fused_adam(device))
 
     # --batch-size counts the streams of all processes: this one takes its rows.
@@ -70,7 +75,7 @@ def prepare(
     rows = config.batch_size // world.size
     mine = shard_span(corpus.train, rows, world.rank, world.size).to(device)
     streams = make_streams(mine, rows, config.seq_len)
-    return Parts(world, device, precision, model, net, params, optimizer, streams)
+    return Parts(world, device, precision, model, net, params, optimizer, streams, average)
 
 
 def choose_precision(

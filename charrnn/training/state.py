@@ -98,6 +98,8 @@ class RunState:
         )
         if same_limits and ckpt.get("plan_steps") is not None:
             self.budget.plan = int(ckpt["plan_steps"])  # continue the very same schedule
+        if parts.average is not None:  # the weights themselves came back in prepare()
+            parts.average.restore(ckpt["model_state"], ckpt["weight_average"])
         self._restore_rng(ckpt.get("rng") or {})
 
     def _restore_rng(self, rng: dict[str, Any]) -> None:
@@ -155,7 +157,7 @@ class RunState:
             "model_config": parts.model.config.to_dict(),
             "train_config": self.config.to_dict(),
             "vocab": self.corpus.vocab.to_list(),
-            "model_state": {k: v.detach().cpu() for k, v in parts.model.state_dict().items()},
+            **self._weights(),
             "optimizer_state": _to_cpu(parts.optimizer.state_dict()),
             "step": p.step,
             "epoch": p.epoch,
@@ -172,6 +174,23 @@ class RunState:
                 **self.corpus.record(),
                 "first_char": self.corpus.vocab.chars[int(self.corpus.train[0])],
             },
+        }
+
+    def _weights(self) -> dict[str, Any]:
+        """model_state: the weights to use. With --ema that is the average, and the weights
+        Adam is moving go beside it, for --resume."""
+        trained = {k: v.detach().cpu() for k, v in self.parts.model.state_dict().items()}
+        average = self.parts.average
+        if average is None:
+            return {"model_state": trained}
+        with average.applied():  # a copy: on the CPU, .cpu() shares the live storage
+            averaged = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.parts.model.state_dict().items()
+            }
+        return {
+            "model_state": averaged,
+            "training_weights": trained,
+            "weight_average": average.state(),
         }
 
     def save(self, also_best: bool) -> None:
