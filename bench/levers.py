@@ -4,6 +4,7 @@
     python bench/levers.py --text korean.txt --steps 1500 --seeds 1,2
     python bench/levers.py --lever "embed_dropout=0.2" --lever "locked_dropout=true"
     python bench/levers.py --lever 'lr_schedule="linear",lr_min_ratio=0'   # two options at once
+    python bench/levers.py --steps 4400 --seeds 1337,7,42 --lever plain --lever ema=0.999
 
 Each run is `charrnn.train(TEXT, max_steps=STEPS, threads=1, ...)` with the model charrnn
 chooses for Tiny Shakespeare in 5 minutes here (1 x 512, dropout 0.1; --size and --dropout

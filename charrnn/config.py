@@ -265,6 +265,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        # Checkpoints from before --ema have no "ema" key: they trained without an average.
+        d = {"ema": 0.0, **d}
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
