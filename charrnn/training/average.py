@@ -58,6 +58,14 @@ class WeightAverage:
                 for p, kept in zip(self.params, trained, strict=True):
                     p.copy_(kept)
 
+    def averaged(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`state` (the model's state_dict on the CPU) with the average in place of each
+        trained parameter: read from the average itself, the live weights untouched."""
+        return {
+            **state,
+            **{n: a.detach().cpu() for n, a in zip(self.names, self.average, strict=True)},
+        }
+
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps beside the averaged weights (its model_state)."""
         return {"decay": self.decay, "updates": self.updates}

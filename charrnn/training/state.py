@@ -183,12 +183,8 @@ class RunState:
         average = self.parts.average
         if average is None:
             return {"model_state": trained}
-        with average.applied():  # a copy: on the CPU, .cpu() shares the live storage
-            averaged = {
-                k: v.detach().to("cpu", copy=True) for k, v in self.parts.model.state_dict().items()
-            }
         return {
-            "model_state": averaged,
+            "model_state": average.averaged(trained),
             "training_weights": trained,
             "weight_average": average.state(),
         }
